@@ -1,0 +1,198 @@
+"""The Python API: what the CLI does, as plain functions (no terminal, no environment).
+
+    >>> repo = init_repository("/tmp/repo", cache_dir=Path("/tmp/cache"))   # doctest: +SKIP
+    >>> record_id, stats = put(repo, "notes", open("notes.txt", "rb"))       # doctest: +SKIP
+    >>> get(repo, "notes", open("copy.txt", "wb"))                          # doctest: +SKIP
+
+Every function that writes takes the right repository lock itself: ``put`` a shared one (writers
+may run concurrently), ``prune`` and ``rebuild_index`` an exclusive one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from chunkstore import check as _check
+from chunkstore import prune as _prune
+from chunkstore.backends import open_backend
+from chunkstore.backends.base import FileType
+from chunkstore.chunker import ChunkerParams
+from chunkstore.config import DEFAULT_PACK_SIZE
+from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.lock import acquire_lock
+from chunkstore.repository import PasswordSource, Repository
+from chunkstore.streams import StoreStats, iter_stream, store_stream
+from index.chunklist import StreamBody
+from index.errors import FormatError
+from index.ids import Digest
+from index.record import Record
+
+__all__ = [
+    "check",
+    "forget",
+    "get",
+    "init_repository",
+    "list_records",
+    "locked",
+    "open_repository",
+    "prune",
+    "put",
+    "rebuild_index",
+    "repository_stats",
+]
+
+
+def init_repository(
+    location: str | Path,
+    *,
+    cache_dir: Path,
+    password: bytes | None = None,
+    chunker: ChunkerParams | None = None,
+    pack_size: int = DEFAULT_PACK_SIZE,
+) -> Repository:
+    """Create a repository at ``location`` (encrypted when a password is given)."""
+    return Repository.init(
+        open_backend(location),
+        cache_dir=cache_dir,
+        password=password,
+        chunker=chunker,
+        pack_size=pack_size,
+    )
+
+
+def open_repository(
+    location: str | Path, *, cache_dir: Path, password: PasswordSource = None
+) -> Repository:
+    """Open the repository at ``location``."""
+    return Repository.open(open_backend(location), cache_dir=cache_dir, password=password)
+
+
+@contextmanager
+def locked(repo: Repository, *, exclusive: bool) -> Iterator[None]:
+    """Hold a repository lock; the repository checks it before every commit step."""
+    with acquire_lock(repo.backend, exclusive=exclusive) as lock:
+        repo.lock = lock
+        try:
+            yield
+        finally:
+            repo.lock = None
+
+
+def put(
+    repo: Repository,
+    name: str,
+    stream: BinaryIO,
+    *,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Digest, StoreStats]:
+    """Store a byte stream under the record ``name``."""
+    if not name or len(name) > 4096:
+        raise UsageError("a record name must be 1 to 4096 characters")
+    with locked(repo, exclusive=False):
+        body, stats = store_stream(repo, stream, workers=workers, progress=progress)
+        record = Record(name=name, time_ns=time.time_ns(), type="stream", body=body.to_cbor())
+        return repo.save_record(record), stats
+
+
+def get(repo: Repository, name: str, out: BinaryIO) -> int:
+    """Write the newest stream record ``name`` to ``out``; returns bytes written."""
+    record_id, record = repo.find_record(name)
+    if record.type != "stream":
+        raise UsageError(f"record {name!r} is a {record.type}, not a stream")
+    try:
+        body = StreamBody.from_cbor(record.body)
+    except FormatError as exc:
+        raise CorruptMetadata(f"record {record_id.short} body is invalid: {exc}") from exc
+    n = 0
+    for data in iter_stream(repo, body):
+        out.write(data)
+        n += len(data)
+    return n
+
+
+def list_records(repo: Repository) -> list[dict[str, object]]:
+    """Every record as a JSON-ready dict, oldest first."""
+    out: list[dict[str, object]] = []
+    for rid, rec in repo.list_records():
+        size = rec.body.get("size") if isinstance(rec.body, dict) else None
+        out.append(
+            {
+                "id": rid.hex,
+                "name": rec.name,
+                "type": rec.type,
+                "time_ns": rec.time_ns,
+                "size": size,
+            }
+        )
+    return out
+
+
+def forget(repo: Repository, name: str) -> list[str]:
+    """Delete every record named ``name`` (data stays until ``prune``); returns their ids."""
+    with locked(repo, exclusive=False):
+        ids = [rid for rid, rec in repo.list_records() if rec.name == name]
+        if not ids:
+            repo.find_record(name)  # raises a clear MissingObject
+        for rid in ids:
+            repo.remove_record(rid)
+        return [rid.hex for rid in ids]
+
+
+def repository_stats(repo: Repository) -> dict[str, object]:
+    """Sizes and counts: files by type, blobs by type, raw vs stored bytes."""
+    files: dict[str, dict[str, int]] = {}
+    for t in FileType:
+        if t is FileType.CONFIG:
+            continue
+        infos = list(repo.backend.list(t))
+        files[t.value] = {"count": len(infos), "bytes": sum(i.size for i in infos)}
+    blobs = {"data": 0, "meta": 0}
+    raw = stored = 0
+    for loc in repo.index:
+        blobs[loc.entry.type.name.lower()] += 1
+        raw += loc.entry.raw_length
+        stored += loc.entry.length
+    return {
+        "repository": repo.backend.location,
+        "id": repo.config.repo_id.hex(),
+        "encrypted": repo.config.encrypted,
+        "chunker": repo.config.chunker.to_cbor(),
+        "pack_size": repo.config.pack_size,
+        "files": files,
+        "blobs": blobs,
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "records": files[FileType.RECORD.value]["count"],
+    }
+
+
+def check(
+    repo: Repository, *, read_data: bool = False, progress: Callable[[str], None] | None = None
+) -> _check.CheckReport:
+    """Verify the repository (see :mod:`chunkstore.check`)."""
+    return _check.check_repository(repo, read_data=read_data, progress=progress)
+
+
+def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = None) -> int:
+    """Rebuild the pack index from pack headers under an exclusive lock."""
+    with locked(repo, exclusive=True):
+        return _check.rebuild_index(repo, progress)
+
+
+def prune(
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    repack_fraction: float = 0.3,
+    progress: Callable[[str], None] | None = None,
+) -> _prune.PruneReport:
+    """Delete unreferenced data under an exclusive lock (see :mod:`chunkstore.prune`)."""
+    with locked(repo, exclusive=True):
+        return _prune.prune(
+            repo, dry_run=dry_run, repack_fraction=repack_fraction, progress=progress
+        )

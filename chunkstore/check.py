@@ -1,0 +1,229 @@
+"""Verification of a repository, and rebuilding its pack index from pack headers.
+
+``check`` (structure) does, in order:
+
+1. load every index file (name = SHA-256 of its bytes, then decode and validate);
+2. compare the indexed packs with the packs present (missing pack: error; size differs: error;
+   present but unindexed: a warning, it is left by an interrupted write and ``prune`` removes it);
+3. read every indexed pack's header and compare it with the index;
+4. load every record and walk every blob it reaches (missing or undecodable: error naming the record).
+
+``check --read-data`` also reads every pack whole: its SHA-256 must be its name and every blob in it
+must decode and verify. Damage is reported by pack and blob, with the records that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chunkstore.backends.base import FileType, Handle
+from chunkstore.blob import Location
+from chunkstore.errors import ChunkstoreError, CorruptPack
+from chunkstore.pack import read_pack_header
+from chunkstore.packindex import IndexedPack, IndexFile
+from chunkstore.reach import walk
+from chunkstore.repository import Repository
+from index.errors import FormatError
+from index.ids import Digest
+
+__all__ = ["CheckReport", "check_repository", "load_all_index_files", "rebuild_index"]
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """What ``check`` found. ``ok`` means no errors (warnings allowed)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    index_files: int = 0
+    packs: int = 0
+    blobs: int = 0
+    records: int = 0
+    bytes_read: int = 0
+    damaged_packs: list[str] = field(default_factory=list)
+    damaged_records: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no errors were found."""
+        return not self.errors
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready summary."""
+        return {
+            "ok": self.ok,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "index_files": self.index_files,
+            "packs": self.packs,
+            "blobs": self.blobs,
+            "records": self.records,
+            "bytes_read": self.bytes_read,
+            "damaged_packs": self.damaged_packs,
+            "damaged_records": self.damaged_records,
+        }
+
+
+def load_all_index_files(
+    repo: Repository, report: CheckReport | None = None
+) -> dict[Digest, IndexFile]:
+    """Every index file that loads; failures are errors in ``report`` (or raised without one)."""
+    out: dict[Digest, IndexFile] = {}
+    for file_id in repo.index_files():
+        try:
+            out[file_id] = repo.load_index_file(file_id)
+        except ChunkstoreError as exc:
+            if report is None:
+                raise
+            report.errors.append(f"index file {file_id.short}: {exc}")
+    return out
+
+
+def check_repository(
+    repo: Repository, *, read_data: bool = False, progress: Callable[[str], None] | None = None
+) -> CheckReport:
+    """Verify the repository; see the module docstring for what is checked."""
+    report = CheckReport()
+    say = progress or (lambda _msg: None)
+    say("loading index files")
+    files = load_all_index_files(repo, report)
+    report.index_files = len(files)
+    packs: dict[Digest, IndexedPack] = {}
+    where: dict[Digest, Location] = {}
+    for index in files.values():
+        for p in index.packs:
+            packs.setdefault(p.pack_id, p)
+            for e in p.entries:
+                where.setdefault(e.id, Location(p.pack_id, e))
+    report.blobs = len(where)
+    present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
+    report.packs = len(present)
+    for pack_id, p in sorted(packs.items()):
+        if pack_id not in present:
+            report.errors.append(f"pack {pack_id.short} is in the index but missing")
+        elif present[pack_id] != p.size:
+            report.errors.append(
+                f"pack {pack_id.short} has {present[pack_id]} bytes, the index says {p.size}"
+            )
+    for pack_id in sorted(set(present) - set(packs)):
+        report.warnings.append(
+            f"pack {pack_id.short} is not in any index (left by an interrupted write; "
+            "'chunkstore prune' removes it, 'check --rebuild-index' adopts it)"
+        )
+    say("reading pack headers")
+    damaged: set[Digest] = set()
+    for pack_id, p in sorted(packs.items()):
+        if present.get(pack_id) != p.size:
+            continue
+        handle = Handle(FileType.PACK, pack_id.hex)
+        try:
+            header = read_pack_header(
+                repo.codec, _reader(repo, handle), p.size, f"pack {pack_id.short}"
+            )
+        except ChunkstoreError as exc:
+            report.errors.append(str(exc))
+            damaged.add(pack_id)
+            continue
+        if sorted(header, key=lambda e: e.offset) != list(p.entries):
+            report.errors.append(f"pack {pack_id.short}: header and index disagree")
+            damaged.add(pack_id)
+    if read_data:
+        say("reading all pack data")
+        for pack_id, p in sorted(packs.items()):
+            if present.get(pack_id) != p.size:
+                continue
+            _read_pack(repo, pack_id, p, report, damaged)
+    report.damaged_packs = sorted(d.hex for d in damaged)
+    say("checking records")
+    bad_blobs = {e.id for pid in damaged if pid in packs for e in packs[pid].entries}
+    records = []
+    for info in repo.backend.list(FileType.RECORD):
+        rid = Digest.from_hex(info.handle.name)
+        try:
+            records.append((rid, repo.load_record(rid)))
+        except ChunkstoreError as exc:
+            report.errors.append(f"record {rid.short}: {exc}")
+    report.records = len(records)
+    for rid, rec in records:
+        label = f"record {rec.name!r} ({rid.short})"
+        result = walk([(label, rec.body)], where.get, repo.load_blob)
+        problems = [f"{label}: blob {b.short} is missing" for b in result.missing]
+        problems += [f"blob {b.short} unreadable: {why}" for b, why in result.damaged.items()]
+        hit = bad_blobs & set(result.blobs)
+        if hit:
+            problems.append(f"{label}: needs {len(hit)} blob(s) in damaged packs")
+        if problems:
+            report.errors.extend(problems)
+            report.damaged_records.append(rec.name)
+    return report
+
+
+def _reader(repo: Repository, handle: Handle) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, length: int) -> bytes:
+        return repo.backend.load(handle, offset, length)
+
+    return read_at
+
+
+def _read_pack(
+    repo: Repository, pack_id: Digest, p: IndexedPack, report: CheckReport, damaged: set[Digest]
+) -> None:
+    try:
+        data = repo.backend.load(Handle(FileType.PACK, pack_id.hex))
+    except ChunkstoreError as exc:
+        report.errors.append(f"pack {pack_id.short}: {exc}")
+        damaged.add(pack_id)
+        return
+    report.bytes_read += len(data)
+    if hashlib.sha256(data).digest() != pack_id.raw:
+        report.errors.append(f"pack {pack_id.short}: content does not match its name (damaged)")
+        damaged.add(pack_id)
+    bad = 0
+    for e in p.entries:
+        try:
+            repo.codec.decode(e.type, e.id, data[e.offset : e.offset + e.length], e.raw_length)
+        except ChunkstoreError as exc:
+            bad += 1
+            if bad <= 20:
+                report.errors.append(f"pack {pack_id.short}: {exc}")
+    if bad:
+        damaged.add(pack_id)
+        if bad > 20:
+            report.errors.append(f"pack {pack_id.short}: {bad - 20} more damaged blobs")
+
+
+def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = None) -> int:
+    """Write one new index from every readable pack header, replacing all index files.
+
+    Returns the number of packs indexed. The old index files are removed only after the new one is
+    stored. Packs whose header cannot be read are left out of the new index and reported by raising
+    ``CorruptPack`` afterwards (never skipped silently).
+    """
+    say = progress or (lambda _msg: None)
+    old = repo.index_files()
+    packs: list[IndexedPack] = []
+    failed: list[str] = []
+    for info in repo.backend.list(FileType.PACK):
+        pack_id = Digest.from_hex(info.handle.name)
+        say(f"reading header of pack {pack_id.short}")
+        try:
+            entries = read_pack_header(
+                repo.codec, _reader(repo, info.handle), info.size, f"pack {pack_id.short}"
+            )
+        except (ChunkstoreError, FormatError) as exc:
+            failed.append(str(exc))
+            continue
+        packs.append(IndexedPack(pack_id, info.size, tuple(entries)))
+    new_id = repo.write_index_file(IndexFile(tuple(packs), tuple(old)))
+    for file_id in old:
+        if file_id != new_id:
+            repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
+    repo.index.rebuild([(new_id, IndexFile(tuple(packs), tuple(old)))])
+    if failed:
+        raise CorruptPack(
+            f"index rebuilt from {len(packs)} packs; {len(failed)} unreadable pack(s) left out: "
+            + "; ".join(failed[:5])
+        )
+    return len(packs)

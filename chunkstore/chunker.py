@@ -1,0 +1,253 @@
+"""Content-defined chunking: cutting a byte stream into deduplicatable chunks.
+
+A chunker decides where one chunk ends and the next begins by looking at the bytes themselves
+(FastCDC: a rolling "gear" hash over the data; a cut is made where the hash matches a mask), not at
+fixed offsets. Inserting or removing bytes therefore only moves the cuts near the edit; further on
+the cuts land on the same content again, so the same chunks (and blob ids) reappear and are stored
+once. :class:`ChunkerParams` bounds the chunk sizes: no chunk is longer than ``max_size`` and none
+but the last is shorter than ``min_size``; ``avg_size`` sets the mask and so the typical size. The
+parameters are part of a repository's configuration: changing them changes every cut.
+
+:class:`Chunker` wraps the compiled (Cython) FastCDC of the ``fastcdc`` package and feeds it a
+stream through one reused buffer, so memory stays ``O(buffer_size + max_size)`` however long the
+stream is. The cuts are exactly those FastCDC makes over the whole input at once, whatever sizes
+the stream's reads return: FastCDC decides a cut from the bytes between the chunk's start and the
+cut only, so a cut that falls strictly inside the buffered data (made by content), or a chunk of
+exactly ``max_size`` bytes, is final; a chunk that merely ran into the end of the buffer is carried
+over and chunked again once more data (or the end of the stream) has arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from chunkstore.errors import ChunkstoreError, UsageError
+from index.errors import Malformed
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "MAX_CHUNK_SIZE",
+    "Chunker",
+    "ChunkerParams",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+#: Largest ``max_size`` accepted (chunks are held in memory whole).
+MAX_CHUNK_SIZE = 64 * MIB
+#: Default size of the read buffer of :meth:`Chunker.chunks`.
+DEFAULT_BUFFER_SIZE = 8 * MIB
+
+# Lower bounds of the compiled FastCDC (its MINIMUM_MIN, AVERAGE_MIN and MAXIMUM_MIN); its entry
+# point ``chunk_generator`` does not check them itself.
+_MIN_MIN_SIZE = 64
+_MIN_AVG_SIZE = 256
+_MIN_MAX_SIZE = 1024
+
+_CBOR_KEYS = frozenset({"min", "avg", "max"})
+
+_ChunkGenerator = Callable[[memoryview, int, int, int, bool, Any], Iterator[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerParams:
+    """FastCDC chunk-size bounds, in bytes: ``min_size <= avg_size <= max_size``."""
+
+    min_size: int = 16 * KIB
+    avg_size: int = 64 * KIB
+    max_size: int = 256 * KIB
+
+    def __post_init__(self) -> None:
+        """Reject sizes FastCDC cannot use, naming the values given."""
+        given = (
+            f"min_size={self.min_size!r}, avg_size={self.avg_size!r}, max_size={self.max_size!r}"
+        )
+        for name in ("min_size", "avg_size", "max_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"chunker {name} must be an integer number of bytes ({given})")
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise UsageError(
+                f"chunker sizes must satisfy min_size <= avg_size <= max_size ({given})"
+            )
+        if self.min_size < _MIN_MIN_SIZE:
+            raise UsageError(f"chunker min_size must be at least {_MIN_MIN_SIZE} bytes ({given})")
+        if self.avg_size < _MIN_AVG_SIZE:
+            raise UsageError(f"chunker avg_size must be at least {_MIN_AVG_SIZE} bytes ({given})")
+        if self.max_size < _MIN_MAX_SIZE:
+            raise UsageError(f"chunker max_size must be at least {_MIN_MAX_SIZE} bytes ({given})")
+        if self.max_size > MAX_CHUNK_SIZE:
+            raise UsageError(
+                f"chunker max_size must be at most {MAX_CHUNK_SIZE} bytes (64 MiB) ({given})"
+            )
+
+    def to_cbor(self) -> dict[str, int]:
+        """The CBOR form stored in a repository config: ``{"min": .., "avg": .., "max": ..}``."""
+        return {"min": self.min_size, "avg": self.avg_size, "max": self.max_size}
+
+    @classmethod
+    def from_cbor(cls, value: object) -> ChunkerParams:
+        """Decode :meth:`to_cbor`'s form strictly; anything else is :class:`Malformed`."""
+        if not isinstance(value, dict):
+            raise Malformed(f"chunker parameters must be a map, not {type(value).__name__}")
+        keys = set(value)
+        if keys != _CBOR_KEYS:
+            missing = sorted(str(k) for k in _CBOR_KEYS - keys)
+            extra = sorted(repr(k) for k in keys - _CBOR_KEYS)
+            raise Malformed(
+                "chunker parameters must have exactly the keys avg, max, min"
+                f" (missing: {', '.join(missing) or 'none'};"
+                f" unexpected: {', '.join(extra) or 'none'})"
+            )
+        for key in sorted(_CBOR_KEYS):
+            item = value[key]
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise Malformed(f"chunker parameter {key!r} must be an integer, not {item!r:.40}")
+        try:
+            return cls(min_size=value["min"], avg_size=value["avg"], max_size=value["max"])
+        except UsageError as exc:
+            raise Malformed(f"invalid chunker parameters: {exc}") from exc
+
+
+def _load_chunk_generator() -> _ChunkGenerator:
+    """The compiled FastCDC entry point, or a :class:`ChunkstoreError` saying how to get it.
+
+    ``fastcdc``'s package ``__init__`` silently falls back to a pure-Python implementation (~100
+    times slower) when the extension is missing; chunkstore refuses that and imports the compiled
+    module directly.
+    """
+    try:
+        from fastcdc.fastcdc_cy import chunk_generator
+    except ImportError as exc:
+        raise ChunkstoreError(
+            "the compiled FastCDC extension (fastcdc.fastcdc_cy) cannot be imported"
+            f" ({exc}); reinstall the fastcdc package (>=1.7,<2) from a binary wheel for this"
+            " platform, or with a C compiler available so its Cython extension is built"
+        ) from exc
+    generator: _ChunkGenerator = chunk_generator
+    return generator
+
+
+def _reader(stream: BinaryIO) -> Callable[[memoryview], int]:
+    """A function filling a memoryview from ``stream`` and returning the count (0 at EOF)."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+
+        def fill_readinto(target: memoryview) -> int:
+            n = readinto(target)
+            if n is None:
+                raise UsageError(
+                    "the input stream has no data ready (non-blocking?); give a blocking stream"
+                )
+            if not isinstance(n, int) or not 0 <= n <= len(target):
+                raise UsageError(f"the input stream's readinto returned an invalid count {n!r:.40}")
+            return n
+
+        return fill_readinto
+
+    def fill_read(target: memoryview) -> int:
+        data = stream.read(len(target))
+        if data is None:
+            raise UsageError(
+                "the input stream has no data ready (non-blocking?); give a blocking stream"
+            )
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UsageError(
+                f"the input stream returned {type(data).__name__}, not bytes;"
+                " open it in binary mode"
+            )
+        n = len(data)
+        if n > len(target):
+            raise UsageError(f"the input stream returned {n} bytes where {len(target)} were asked")
+        target[:n] = data
+        return n
+
+    return fill_read
+
+
+class Chunker:
+    """Cuts streams or byte strings into content-defined chunks with fixed :class:`ChunkerParams`.
+
+    ``buffer_size`` is the read buffer of :meth:`chunks`; it is raised to ``2 * max_size`` when
+    smaller, so each refill holds at least one full-length chunk. A chunker holds no per-stream
+    state and may be used for any number of inputs, one after another or interleaved.
+    """
+
+    __slots__ = ("_buffer_size", "_generator", "_params")
+
+    def __init__(self, params: ChunkerParams, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        """Check the arguments and load the compiled FastCDC (raises if it is missing)."""
+        if not isinstance(params, ChunkerParams):
+            raise UsageError(f"chunker params must be ChunkerParams, not {type(params).__name__}")
+        if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
+            raise UsageError(f"chunker buffer_size must be a positive integer, not {buffer_size!r}")
+        self._params = params
+        self._buffer_size = max(buffer_size, 2 * params.max_size)
+        self._generator = _load_chunk_generator()
+
+    @property
+    def params(self) -> ChunkerParams:
+        """The chunk-size bounds in use."""
+        return self._params
+
+    @property
+    def buffer_size(self) -> int:
+        """The effective read-buffer size of :meth:`chunks` (at least ``2 * max_size``)."""
+        return self._buffer_size
+
+    def _cuts(self, view: memoryview) -> Iterator[Any]:
+        """FastCDC's chunks (objects with ``offset`` and ``length``) of ``view`` taken alone."""
+        p = self._params
+        return self._generator(view, p.min_size, p.avg_size, p.max_size, False, None)
+
+    def chunk_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """The chunks of ``data`` held whole in memory, as ``bytes``; none for empty input."""
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError as exc:
+            raise UsageError(
+                f"chunk_bytes needs contiguous bytes-like data, not {type(data).__name__}"
+            ) from exc
+        with view:
+            for cut in self._cuts(view):
+                yield bytes(view[cut.offset : cut.offset + cut.length])
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        """The chunks of ``stream`` read to its end, as ``bytes``; none for an empty stream.
+
+        Reads go through ``readinto`` into one reused buffer (``read`` when the stream has no
+        ``readinto``); short reads are fine. The input is never held whole.
+        """
+        fill = _reader(stream)
+        max_size = self._params.max_size
+        capacity = self._buffer_size
+        buffer = bytearray(capacity)
+        with memoryview(buffer) as whole:
+            filled = 0
+            eof = False
+            while not eof:
+                while filled < capacity:
+                    n = fill(whole[filled:capacity])
+                    if n == 0:
+                        eof = True
+                        break
+                    filled += n
+                if filled == 0:
+                    return
+                done = 0
+                with whole[:filled] as view:
+                    for cut in self._cuts(view):
+                        start = cut.offset
+                        end = start + cut.length
+                        # A cut at the end of the buffered data may only be the data running
+                        # out; it is final only at EOF or when the chunk has reached max_size.
+                        if end == filled and not eof and cut.length < max_size:
+                            break
+                        yield bytes(view[start:end])
+                        done = end
+                carry = filled - done
+                if carry:
+                    whole[:carry] = whole[done:filled]
+                filled = carry

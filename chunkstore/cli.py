@@ -1,0 +1,307 @@
+"""The ``chunkstore`` command line: a thin layer over :mod:`chunkstore.api`.
+
+This is the only module that reads the environment, prompts, or writes to the terminal. Results go
+to stdout (JSON with ``--json``); progress and errors go to stderr. Exit codes are listed in
+``chunkstore --help`` and come from :data:`chunkstore.errors.EXIT_CODES`.
+
+Environment: ``CHUNKSTORE_REPO`` (repository when ``--repo`` is absent), ``CHUNKSTORE_PASSWORD``,
+``CHUNKSTORE_CACHE`` (cache directory), ``XDG_DATA_HOME``/``XDG_CACHE_HOME`` for the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from chunkstore import __version__, api
+from chunkstore.chunker import ChunkerParams
+from chunkstore.config import DEFAULT_PACK_SIZE
+from chunkstore.errors import EXIT_CODES, CheckFailed, ChunkstoreError, UsageError, exit_code_for
+from chunkstore.lock import list_locks, remove_all_locks, remove_stale_locks
+from chunkstore.repository import Repository
+
+__all__ = ["main"]
+
+_EXIT_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {code:>3}  {cls.__name__}" for cls, code in sorted(EXIT_CODES.items(), key=lambda kv: kv[1])
+)
+
+
+class _Ctx:
+    def __init__(self, repo: str | None, cache_dir: str | None, as_json: bool) -> None:
+        env = os.environ
+        data_home = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        cache_home = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.location = repo or env.get("CHUNKSTORE_REPO") or str(data_home / "chunkstore" / "repo")
+        self.cache_dir = Path(cache_dir or env.get("CHUNKSTORE_CACHE") or cache_home / "chunkstore")
+        self.as_json = as_json
+        self.err = Console(stderr=True)
+
+    def password(self, *, confirm: bool = False) -> bytes:
+        pw = os.environ.get("CHUNKSTORE_PASSWORD")
+        if pw is None:
+            if not sys.stdin.isatty():
+                raise UsageError("password needed: set CHUNKSTORE_PASSWORD or run on a terminal")
+            pw = click.prompt(
+                "Repository password", hide_input=True, confirmation_prompt=confirm, err=True
+            )
+        return pw.encode("utf-8")
+
+    def open(self) -> Repository:
+        return api.open_repository(self.location, cache_dir=self.cache_dir, password=self.password)
+
+    def emit(self, value: Any, text: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps(value, indent=2, sort_keys=True))
+        else:
+            click.echo(text)
+
+    def say(self, msg: str) -> None:
+        if not self.as_json and sys.stderr.isatty():
+            self.err.print(f"[dim]{msg}[/dim]")
+
+    @contextmanager
+    def bytes_progress(self, total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+        if not sys.stderr.isatty():
+            yield lambda _n: None
+            return
+        columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=self.err, transient=True) as prog:
+            task = prog.add_task(label, total=total)
+            yield lambda n: prog.advance(task, n)
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChunkstoreError as exc:
+            click.echo(f"chunkstore: error: {exc}", err=True)
+            ctx.exit(exit_code_for(exc))
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(t[: len(t) - len(unit)] if unit else t) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"not a size: {text!r} (use e.g. 64K, 16M)") from None
+
+
+@click.group(cls=_Group, epilog=_EXIT_HELP)
+@click.version_option(__version__, prog_name="chunkstore")
+@click.option("--repo", "-r", help="Repository path [env CHUNKSTORE_REPO; default: user data dir].")
+@click.option("--cache-dir", help="Local cache directory [env CHUNKSTORE_CACHE].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Log warnings and details to stderr.")
+@click.pass_context
+def main(
+    ctx: click.Context, repo: str | None, cache_dir: str | None, as_json: bool, verbose: bool
+) -> None:
+    """chunkstore: a deduplicating, content-defined-chunking store for OCI container images."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    ctx.obj = _Ctx(repo, cache_dir, as_json)
+
+
+@main.command()
+@click.option(
+    "--encrypt", is_flag=True, help="Encrypt (password from CHUNKSTORE_PASSWORD or prompt)."
+)
+@click.option("--chunk-min", default="16K", show_default=True, help="FastCDC minimum chunk size.")
+@click.option("--chunk-avg", default="64K", show_default=True, help="FastCDC average chunk size.")
+@click.option("--chunk-max", default="256K", show_default=True, help="FastCDC maximum chunk size.")
+@click.option("--pack-size", default=str(DEFAULT_PACK_SIZE // (1 << 20)) + "M", show_default=True)
+@pass_ctx
+def init(
+    c: _Ctx, encrypt: bool, chunk_min: str, chunk_avg: str, chunk_max: str, pack_size: str
+) -> None:
+    """Create a repository."""
+    params = ChunkerParams(_size(chunk_min), _size(chunk_avg), _size(chunk_max))
+    password = c.password(confirm=True) if encrypt else None
+    repo = api.init_repository(
+        c.location,
+        cache_dir=c.cache_dir,
+        password=password,
+        chunker=params,
+        pack_size=_size(pack_size),
+    )
+    with repo:
+        repo_id = repo.config.repo_id.hex()
+    info = {"repository": c.location, "id": repo_id, "encrypted": encrypt}
+    c.emit(
+        info, f"created {'encrypted ' if encrypt else ''}repository {repo_id[:12]} at {c.location}"
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False))
+@pass_ctx
+def put(c: _Ctx, name: str, source: str) -> None:
+    """Store a file (or - for stdin) as the record NAME."""
+    total = None if source == "-" else Path(source).stat().st_size
+    with c.open() as repo, _source(source) as stream, c.bytes_progress(total, name) as tick:
+        record_id, stats = api.put(repo, name, stream, progress=tick)
+    info = {
+        "id": record_id.hex,
+        "name": name,
+        "bytes": stats.bytes_in,
+        "chunks": stats.chunks,
+        "new_chunks": stats.new_chunks,
+        "new_bytes": stats.new_bytes,
+        "stored_bytes": stats.stored_bytes,
+    }
+    c.emit(
+        info,
+        f"stored {name}: {stats.bytes_in} bytes in {stats.chunks} chunks, "
+        f"{stats.new_bytes} new, {stats.stored_bytes} written (record {record_id.short})",
+    )
+
+
+@contextmanager
+def _source(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+    else:
+        with open(path, "rb") as f:
+            yield f
+
+
+@main.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+@pass_ctx
+def get(c: _Ctx, name: str, output: str) -> None:
+    """Write the newest record NAME to a file (or stdout)."""
+    with c.open() as repo:
+        if output == "-":
+            api.get(repo, name, sys.stdout.buffer)
+            return
+        tmp = Path(output + ".chunkstore-partial")
+        try:
+            with open(tmp, "wb") as f:
+                n = api.get(repo, name, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    c.say(f"wrote {n} bytes to {output}")
+
+
+@main.command("ls")
+@pass_ctx
+def ls_cmd(c: _Ctx) -> None:
+    """List records."""
+    with c.open() as repo:
+        rows = api.list_records(repo)
+    text = "\n".join(
+        f"{str(r['id'])[:12]}  {r['type']!s:<7} {r['size']!s:>12}  {r['name']}" for r in rows
+    )
+    c.emit(rows, text or "(no records)")
+
+
+@main.command()
+@click.argument("name")
+@pass_ctx
+def forget(c: _Ctx, name: str) -> None:
+    """Delete the records named NAME (space is reclaimed by prune)."""
+    with c.open() as repo:
+        ids = api.forget(repo, name)
+    c.emit({"removed": ids}, f"removed {len(ids)} record(s) named {name}")
+
+
+@main.command()
+@pass_ctx
+def stats(c: _Ctx) -> None:
+    """Show repository statistics."""
+    with c.open() as repo:
+        s = api.repository_stats(repo)
+    files: dict[str, dict[str, int]] = s["files"]  # type: ignore[assignment]
+    lines = [f"repository {s['repository']} ({'encrypted' if s['encrypted'] else 'plain'})"]
+    lines += [f"  {k:<8} {v['count']:>8} files {v['bytes']:>14} bytes" for k, v in files.items()]
+    lines.append(f"  blobs: {s['blobs']}, raw {s['raw_bytes']} bytes, stored {s['stored_bytes']}")
+    c.emit(s, "\n".join(lines))
+
+
+@main.command("check")
+@click.option("--read-data", is_flag=True, help="Read and verify every blob of every pack.")
+@click.option("--rebuild-index", is_flag=True, help="Rebuild the pack index from pack headers.")
+@pass_ctx
+def check_cmd(c: _Ctx, read_data: bool, rebuild_index: bool) -> None:
+    """Verify the repository."""
+    with c.open() as repo:
+        if rebuild_index:
+            n = api.rebuild_index(repo, progress=c.say)
+            c.say(f"index rebuilt from {n} packs")
+        report = api.check(repo, read_data=read_data, progress=c.say)
+    text = "\n".join(
+        [f"error: {e}" for e in report.errors]
+        + [f"warning: {w}" for w in report.warnings]
+        + [
+            f"{'no errors' if report.ok else f'{len(report.errors)} error(s)'}: "
+            f"{report.index_files} index files, {report.packs} packs, {report.blobs} blobs, "
+            f"{report.records} records, {report.bytes_read} bytes read"
+        ]
+    )
+    c.emit(report.to_json(), text)
+    if not report.ok:
+        sys.exit(EXIT_CODES[CheckFailed])
+
+
+@main.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option("--repack-fraction", default=0.3, show_default=True, type=float)
+@pass_ctx
+def prune_cmd(c: _Ctx, dry_run: bool, repack_fraction: float) -> None:
+    """Remove data no record references; repack mostly-unused packs."""
+    with c.open() as repo:
+        report = api.prune(repo, dry_run=dry_run, repack_fraction=repack_fraction, progress=c.say)
+    c.emit(
+        report.to_json(),
+        f"{'would delete' if dry_run else 'deleted'} {report.packs_deleted} "
+        f"pack(s), repacked {report.packs_repacked}, freed {report.bytes_freed} bytes",
+    )
+
+
+@main.command()
+@click.option("--remove-all", is_flag=True, help="Also remove live and unreadable locks.")
+@pass_ctx
+def unlock(c: _Ctx, remove_all: bool) -> None:
+    """Remove stale locks (left by crashed processes)."""
+    with c.open() as repo:
+        n = remove_all_locks(repo.backend) if remove_all else len(remove_stale_locks(repo.backend))
+        left = len(list_locks(repo.backend))
+    c.emit({"removed": n, "remaining": left}, f"removed {n} lock(s), {left} remaining")
+
+
+@main.group()
+def key() -> None:
+    """Manage key files of an encrypted repository."""
+
+
+@key.command("add")
+@pass_ctx
+def key_add(c: _Ctx) -> None:
+    """Add a password (asked for twice; CHUNKSTORE_NEW_PASSWORD when not on a terminal)."""
+    with c.open() as repo:
+        new = os.environ.get("CHUNKSTORE_NEW_PASSWORD")
+        if new is None:
+            new = click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
+        key_id = repo.add_key(new.encode("utf-8"))
+    c.emit({"key": key_id.hex}, f"added key {key_id.short}")

@@ -1,0 +1,151 @@
+"""Prune: delete what no record references, repack mostly-unused packs.
+
+Runs under an exclusive lock. Steps, each safe to be killed after (nothing referenced is ever lost):
+
+1. walk every record; abort if any referenced blob is missing or unreadable (pruning on a damaged
+   view could delete live data: run ``check`` first);
+2. classify each indexed pack: all blobs used (keep), none used (delete), partly used with more
+   than ``repack_fraction`` of its bytes unused (repack), else keep. A blob indexed in several packs
+   is used in one only;
+3. repack: copy the used blobs' stored bytes (verified, not re-encrypted) into new packs, store them;
+4. store one new index file listing every kept and new pack, superseding all old index files;
+5. delete the old index files, then the packs no longer indexed (including unindexed leftovers).
+
+Killed after 3: new packs are unindexed leftovers. After 4: old and new index coexist and agree on
+every live blob. After 5 partially: the remaining deletions are redone by the next prune.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chunkstore.backends.base import FileType, Handle
+from chunkstore.blob import BlobType, Location, PackEntry, StoredBlob
+from chunkstore.check import load_all_index_files
+from chunkstore.errors import CheckFailed
+from chunkstore.pack import PackWriter
+from chunkstore.packindex import IndexedPack, IndexFile
+from chunkstore.reach import walk
+from chunkstore.repository import Repository
+from index.ids import Digest
+
+__all__ = ["PruneReport", "prune"]
+
+
+@dataclass(slots=True)
+class PruneReport:
+    """What prune did (or, in a dry run, would do)."""
+
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    index_files_replaced: int = 0
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def prune(
+    repo: Repository,
+    *,
+    repack_fraction: float = 0.3,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> PruneReport:
+    """Remove unreferenced data; the caller holds an exclusive lock."""
+    say = progress or (lambda _msg: None)
+    report = PruneReport(dry_run=dry_run)
+    repo.flush()
+    files = load_all_index_files(repo)
+    where: dict[Digest, Location] = {}
+    packs: dict[Digest, IndexedPack] = {}
+    for index in files.values():
+        for p in index.packs:
+            packs.setdefault(p.pack_id, p)
+            for e in p.entries:
+                where.setdefault(e.id, Location(p.pack_id, e))
+    say("finding referenced blobs")
+    roots = [(f"record {r.name!r}", r.body) for _, r in repo.list_records()]
+    reach = walk(roots, where.get, repo.load_blob)
+    if reach.missing or reach.damaged:
+        raise CheckFailed(
+            f"prune refused: {len(reach.missing)} referenced blob(s) missing and "
+            f"{len(reach.damaged)} unreadable; run 'chunkstore check --read-data' first"
+        )
+    used_in: dict[Digest, Digest] = {b: where[b].pack_id for b in reach.blobs}
+    keep: list[IndexedPack] = []
+    repack: list[tuple[IndexedPack, list[PackEntry]]] = []
+    delete: list[IndexedPack] = []
+    for pack_id, p in packs.items():
+        live = [e for e in p.entries if used_in.get(e.id) == pack_id]
+        if len(live) == len(p.entries):
+            keep.append(p)
+        elif not live:
+            delete.append(p)
+        else:
+            unused = sum(e.length for e in p.entries) - sum(e.length for e in live)
+            if unused > repack_fraction * p.size:
+                repack.append((p, live))
+            else:
+                keep.append(p)
+    present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
+    orphans = [pid for pid in present if pid not in packs]
+    report.packs_deleted = len(delete) + len(orphans)
+    report.packs_repacked = len(repack)
+    report.blobs_removed = sum(len(p.entries) for p in delete) + sum(
+        len(p.entries) - len(live) for p, live in repack
+    )
+    report.bytes_freed = sum(p.size for p in delete) + sum(present[o] for o in orphans)
+    if dry_run:
+        return report
+    say(f"repacking {len(repack)} pack(s)")
+    new_packs = _repack(repo, repack)
+    report.packs_written = len(new_packs)
+    report.bytes_freed += sum(p.size for p, _ in repack) - sum(p.size for p in new_packs)
+    if new_packs or delete or repack or len(files) > 1:
+        say("writing the new index")
+        new_index = IndexFile(tuple(keep + new_packs), tuple(sorted(files)))
+        new_id = repo.write_index_file(new_index)
+        for file_id in files:
+            if file_id != new_id:
+                repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
+        report.index_files_replaced = len(files)
+        repo.index.rebuild([(new_id, new_index)])
+    say("deleting unused packs")
+    for pid in [p.pack_id for p in delete] + [p.pack_id for p, _ in repack] + orphans:
+        repo.backend.remove(Handle(FileType.PACK, pid.hex))
+    return report
+
+
+def _repack(
+    repo: Repository, repack: list[tuple[IndexedPack, list[PackEntry]]]
+) -> list[IndexedPack]:
+    writers: dict[BlobType, PackWriter] = {}
+    out: list[IndexedPack] = []
+
+    def write(writer: PackWriter) -> None:
+        pack_id, data, entries = writer.finish()
+        if repo.lock is not None:
+            repo.lock.check()
+        repo.backend.save(Handle(FileType.PACK, pack_id.hex), data)
+        out.append(IndexedPack(pack_id, len(data), tuple(entries)))
+
+    for p, live in repack:
+        handle = Handle(FileType.PACK, p.pack_id.hex)
+        for e in live:
+            stored = repo.backend.load(handle, e.offset, e.length)
+            repo.codec.decode(e.type, e.id, stored, e.raw_length)  # verify before copying
+            writer = writers.setdefault(e.type, PackWriter(repo.codec))
+            writer.add(StoredBlob(e.id, e.type, stored, e.raw_length))
+            if writer.size >= repo.config.pack_size:
+                write(writer)
+    for writer in writers.values():
+        if writer.count:
+            write(writer)
+    return out

@@ -1,0 +1,476 @@
+"""The repository: blobs in packs, the pack index, records, keys and config over one Backend.
+
+Write path (restic's ordering, so a crash never leaves a reference to missing data)::
+
+    save_blob -> (dedup by id) -> codec.encode -> PackWriter of its type class
+    pack full or flush() -> verify every blob of the pack decodes -> backend.save(pack)
+    flush() -> index file listing the stored packs -> backend.save(index) -> merge into IndexDB
+    save_record() -> flush() first, then the record file
+
+Read path: ``lookup`` (IndexDB, or the packs stored since the last index file) -> ranged
+``backend.load`` -> ``codec.decode`` (verified). ``load_blobs`` groups reads per pack and coalesces
+neighbouring ranges. Only this layer sees pack offsets.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from chunkstore import crypto
+from chunkstore.backends.base import Backend, FileType, Handle
+from chunkstore.blob import BlobType, Location, StoredBlob
+from chunkstore.chunker import ChunkerParams
+from chunkstore.codec import BlobCodec
+from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
+from chunkstore.errors import (
+    CorruptBlob,
+    CorruptMetadata,
+    IntegrityError,
+    MissingObject,
+    NotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    UsageError,
+    WrongPassword,
+)
+from chunkstore.indexdb import IndexDB
+from chunkstore.pack import PackWriter
+from chunkstore.packindex import IndexedPack, IndexFile, decode_index, encode_index
+from chunkstore.ranges import coalesce
+from index.errors import FormatError, UnsupportedVersion
+from index.ids import Digest
+from index.record import MAX_RECORD_SIZE, Record
+
+__all__ = ["LockCheck", "PasswordSource", "Repository", "SaveResult"]
+
+log = logging.getLogger("chunkstore")
+
+#: A password, or a function that produces one when (and only when) it is needed.
+PasswordSource = bytes | Callable[[], bytes] | None
+#: Start a new index file once this many blobs are waiting to be indexed.
+INDEX_ROTATE_BLOBS = 50_000
+_MAX_INDEX_STORED = 256 * 1024 * 1024
+
+
+class LockCheck(Protocol):
+    """What the repository needs of a held lock: a check before each commit step."""
+
+    def check(self) -> None:
+        """Raise if the lock was lost."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """Outcome of saving one blob."""
+
+    id: Digest
+    new: bool
+    raw_length: int
+    stored_length: int
+
+
+def _format_errors(what: str, exc: FormatError) -> Exception:
+    if isinstance(exc, UnsupportedVersion):
+        return UnsupportedFormat(f"{what}: {exc}")
+    return CorruptMetadata(f"{what} is invalid: {exc}")
+
+
+class Repository:
+    """An open repository. Thread-safe for concurrent ``save_blob``/``load_blob`` calls."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        master: crypto.MasterKey | None,
+        cache_dir: Path,
+        *,
+        verify_packs: bool = True,
+    ) -> None:
+        """Use :meth:`open` or :meth:`init` instead of calling this directly."""
+        self.backend = backend
+        self.config = config
+        self.codec = BlobCodec(config, master)
+        self._master = master
+        self.cache_dir = cache_dir / config.repo_id.hex()
+        self._pin_mode()
+        self.index = IndexDB(self.cache_dir / "index", config.id_algorithm)
+        self._verify_packs = verify_packs
+        self._mutex = threading.RLock()
+        self._writers = {
+            BlobType.DATA: PackWriter(self.codec),
+            BlobType.META: PackWriter(self.codec),
+        }
+        self._open: dict[Digest, StoredBlob] = {}
+        self._unindexed: dict[Digest, Location] = {}
+        self._unindexed_packs: list[IndexedPack] = []
+        self.lock: LockCheck | None = None
+        self.stats = {"packs_written": 0, "index_files_written": 0, "bytes_written": 0}
+
+    # ----------------------------------------------------------------- create / open
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        *,
+        cache_dir: Path,
+        password: bytes | None = None,
+        chunker: ChunkerParams | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        compression_level: int = 3,
+        kdf: crypto.KdfParams = crypto.KDF_FLOOR,
+    ) -> Repository:
+        """Create a repository (encrypted when ``password`` is given) and open it."""
+        try:
+            backend.stat(Handle.config())
+        except NotFound:
+            pass
+        else:
+            raise RepositoryExists(f"a repository already exists at {backend.location}")
+        config = RepoConfig(
+            repo_id=os.urandom(32),
+            encrypted=password is not None,
+            chunker=chunker or ChunkerParams(),
+            pack_size=pack_size,
+            compression_level=compression_level,
+        )
+        master = crypto.MasterKey.generate() if password is not None else None
+        backend.create()
+        if master is not None and password is not None:
+            cls._write_key(backend, master, password, config.repo_id, kdf)
+        # The config is written last: a repository without config does not exist yet.
+        backend.save(Handle.config(), config.encode(master.mac if master else None))
+        return cls(backend, config, master, cache_dir)
+
+    @staticmethod
+    def _write_key(
+        backend: Backend,
+        master: crypto.MasterKey,
+        password: bytes,
+        repo_id: bytes,
+        kdf: crypto.KdfParams,
+    ) -> Digest:
+        data = crypto.create_key_file(
+            master,
+            password,
+            repo_id,
+            params=kdf,
+            host=socket.gethostname(),
+            user=getpass.getuser(),
+            created_ns=time.time_ns(),
+        )
+        key_id = Digest("sha256", hashlib.sha256(data).digest())
+        backend.save(Handle(FileType.KEY, key_id.hex), data)
+        return key_id
+
+    @classmethod
+    def open(
+        cls, backend: Backend, *, cache_dir: Path, password: PasswordSource = None
+    ) -> Repository:
+        """Open an existing repository; the password is asked for only if it is encrypted."""
+        try:
+            raw = backend.load(Handle.config())
+        except NotFound:
+            raise RepositoryNotFound(
+                f"no chunkstore repository at {backend.location}; create one with 'chunkstore init'"
+            ) from None
+        try:
+            config = RepoConfig.decode(raw)
+        except FormatError as exc:
+            raise _format_errors(f"repository config at {backend.location}", exc) from exc
+        master = None
+        if config.encrypted:
+            if password is None:
+                raise WrongPassword("this repository is encrypted: a password is required")
+            pw = password() if callable(password) else password
+            master = cls._open_key(backend, config, pw)
+            if not RepoConfig.verify_mac(raw, master.mac):
+                raise CorruptMetadata(
+                    "the repository config fails its MAC: it was altered; restore it from a copy"
+                )
+        repo = cls(backend, config, master, cache_dir)
+        repo.sync_index()
+        return repo
+
+    @staticmethod
+    def _open_key(backend: Backend, config: RepoConfig, password: bytes) -> crypto.MasterKey:
+        keys = sorted(backend.list(FileType.KEY), key=lambda f: f.handle.name)
+        if not keys:
+            raise WrongPassword("the repository is encrypted but has no key files")
+        for info in keys:
+            if info.size > 64 * 1024:
+                continue
+            try:
+                return crypto.open_key_file(backend.load(info.handle), password, config.repo_id)
+            except WrongPassword:
+                continue
+        raise WrongPassword("wrong password, or the key file is damaged")
+
+    def add_key(self, password: bytes, kdf: crypto.KdfParams = crypto.KDF_FLOOR) -> Digest:
+        """Add a key file opening this repository with ``password``."""
+        if self._master is None:
+            raise UsageError("an unencrypted repository has no keys")
+        return self._write_key(self.backend, self._master, password, self.config.repo_id, kdf)
+
+    def _pin_mode(self) -> None:
+        # Remember the encryption mode per repository id, so a repository swapped for an
+        # unencrypted one with the same id is refused rather than silently used.
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        mode_file = self.cache_dir / "mode"
+        mode = "encrypted" if self.config.encrypted else "plain"
+        try:
+            pinned = mode_file.read_text().strip()
+        except FileNotFoundError:
+            mode_file.write_text(mode + "\n")
+            return
+        if pinned != mode:
+            raise CorruptMetadata(
+                f"repository {self.config.repo_id.hex()[:12]} was {pinned} when last used and is "
+                f"now {mode}: refusing to continue (possible tampering); if this is intended, "
+                f"delete {self.cache_dir}"
+            )
+
+    def close(self) -> None:
+        """Close the index cache (does not flush: call :meth:`flush` first)."""
+        self.index.close()
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        """Context manager: close on exit."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the repository."""
+        self.close()
+
+    # ----------------------------------------------------------------- index
+    def index_files(self) -> list[Digest]:
+        """Ids of the index files present in the backend."""
+        return [Digest.from_hex(i.handle.name) for i in self.backend.list(FileType.INDEX)]
+
+    def load_index_file(self, file_id: Digest) -> IndexFile:
+        """Load, verify and parse one index file."""
+        plain = self.load_file(Handle(FileType.INDEX, file_id.hex), "pack-index", _MAX_INDEX_STORED)
+        try:
+            return decode_index(plain, self.config.id_algorithm)
+        except FormatError as exc:
+            raise _format_errors(f"index file {file_id.short}", exc) from exc
+
+    def sync_index(self) -> int:
+        """Merge new index files into the local cache; returns how many were merged."""
+        return self.index.sync(self.index_files(), self.load_index_file)
+
+    def lookup(self, blob_id: Digest) -> Location | None:
+        """Where a stored blob is (packs stored but not yet indexed included)."""
+        with self._mutex:
+            loc = self._unindexed.get(blob_id)
+        return loc if loc is not None else self.index.lookup(blob_id)
+
+    def has_blob(self, blob_id: Digest) -> bool:
+        """Whether a blob is stored or waiting in an open pack."""
+        with self._mutex:
+            if blob_id in self._open or blob_id in self._unindexed:
+                return True
+        return blob_id in self.index
+
+    # ----------------------------------------------------------------- write
+    def prepare_blob(self, type_: BlobType, data: bytes | memoryview) -> StoredBlob | Digest:
+        """Hash and, if not yet stored, encode a blob (safe to run in worker threads).
+
+        Returns the id alone when the blob is already known, else the stored form to pass to
+        :meth:`add_prepared`.
+        """
+        blob_id = self.codec.blob_id(data)
+        if self.has_blob(blob_id):
+            return blob_id
+        return self.codec.encode(type_, data, blob_id)
+
+    def add_prepared(self, prepared: StoredBlob | Digest) -> bool:
+        """Add a prepared blob to its pack; returns whether it was new."""
+        if isinstance(prepared, Digest):
+            return False
+        with self._mutex:
+            if prepared.id in self._open or prepared.id in self._unindexed:
+                return False
+            if prepared.id in self.index:
+                return False
+            writer = self._writers[prepared.type]
+            writer.add(prepared)
+            self._open[prepared.id] = prepared
+            if writer.size >= self.config.pack_size:
+                self._write_pack(writer)
+            return True
+
+    def save_blob(self, type_: BlobType, data: bytes | memoryview) -> SaveResult:
+        """Store a blob unless an identical one is already stored."""
+        prepared = self.prepare_blob(type_, data)
+        new = self.add_prepared(prepared)
+        if isinstance(prepared, Digest):
+            return SaveResult(prepared, False, len(data), 0)
+        return SaveResult(prepared.id, new, len(data), len(prepared.data) if new else 0)
+
+    def _write_pack(self, writer: PackWriter) -> None:
+        if writer.count == 0:
+            return
+        pack_id, data, entries = writer.finish()
+        if self._verify_packs:
+            # Decode every blob of the finished pack before it leaves: a fault between
+            # chunking and sealing (bad RAM, a bug) must never reach storage.
+            for e in entries:
+                self.codec.decode(e.type, e.id, data[e.offset : e.offset + e.length], e.raw_length)
+        self.backend.save(Handle(FileType.PACK, pack_id.hex), data)
+        self.stats["packs_written"] += 1
+        self.stats["bytes_written"] += len(data)
+        for e in entries:
+            self._unindexed[e.id] = Location(pack_id, e)
+            self._open.pop(e.id, None)
+        self._unindexed_packs.append(IndexedPack(pack_id, len(data), tuple(entries)))
+        if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if not self._unindexed_packs:
+            return
+        index = IndexFile(tuple(self._unindexed_packs))
+        self.write_index_file(index)
+        self._unindexed_packs = []
+        self._unindexed = {}
+
+    def write_index_file(self, index: IndexFile) -> Digest:
+        """Store an index file (its packs must already be stored) and merge it locally."""
+        if self.lock is not None:
+            self.lock.check()
+        file_id = self.save_file(FileType.INDEX, "pack-index", encode_index(index))
+        self.index.add_file(file_id, index)
+        self.stats["index_files_written"] += 1
+        return file_id
+
+    def flush(self) -> None:
+        """Store open packs, then an index file listing every stored pack not yet indexed."""
+        with self._mutex:
+            for writer in self._writers.values():
+                self._write_pack(writer)
+            self._write_index()
+
+    def save_file(self, file_type: FileType, role: str, plaintext: bytes) -> Digest:
+        """Encode and store a whole file named by the SHA-256 of its stored bytes."""
+        stored = self.codec.encode_file(role, plaintext)
+        file_id = Digest("sha256", hashlib.sha256(stored).digest())
+        self.backend.save(Handle(file_type, file_id.hex), stored)
+        return file_id
+
+    def load_file(self, handle: Handle, role: str, max_length: int) -> bytes:
+        """Load a whole file, check its name (SHA-256 of the bytes), then decode it."""
+        stored = self.backend.load(handle)
+        if hashlib.sha256(stored).hexdigest() != handle.name:
+            raise CorruptMetadata(
+                f"{handle} does not match its name (damaged); run 'chunkstore check --read-data'"
+            )
+        return self.codec.decode_file(role, stored, max_length, str(handle))
+
+    # ----------------------------------------------------------------- read
+    def _locate(self, blob_id: Digest) -> Location:
+        with self._mutex:
+            if blob_id in self._open:
+                # Still in memory: write its pack out so there is one read path.
+                self._write_pack(self._writers[self._open[blob_id].type])
+        loc = self.lookup(blob_id)
+        if loc is None:
+            raise MissingObject(
+                f"blob {blob_id.short} is not in the index; run 'chunkstore check' "
+                "(and 'chunkstore check --rebuild-index' if packs hold it)"
+            )
+        return loc
+
+    def load_blob(self, blob_id: Digest) -> bytes:
+        """Load and verify one blob."""
+        return self._load_at(self._locate(blob_id))
+
+    def _load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
+        e = loc.entry
+        handle = Handle(FileType.PACK, loc.pack_id.hex)
+        for attempt in (1, 2):
+            if stored is None or attempt == 2:
+                stored = self.backend.load(handle, e.offset, e.length)
+            try:
+                plain = self.codec.decode(e.type, e.id, stored, e.raw_length)
+            except IntegrityError as exc:
+                if attempt == 2:
+                    raise CorruptBlob(
+                        f"{exc} (pack {loc.pack_id.short}); run 'chunkstore check --read-data'"
+                    ) from exc
+                log.warning("blob %s failed verification, reading it again", e.id.short)
+                continue
+            if attempt == 2:
+                log.warning("blob %s verified on the second attempt", e.id.short)
+            return plain
+        raise AssertionError("unreachable")
+
+    def load_blobs(
+        self, ids: Iterable[Digest], *, max_gap: int = 1 << 20
+    ) -> Iterator[tuple[Digest, bytes]]:
+        """Load many blobs, one coalesced read per neighbourhood in each pack.
+
+        Yields ``(id, plaintext)`` grouped by pack (not in the input order); each id once.
+        """
+        per_pack: dict[Digest, list[tuple[int, int, Location]]] = {}
+        for blob_id in dict.fromkeys(ids):
+            loc = self._locate(blob_id)
+            per_pack.setdefault(loc.pack_id, []).append((loc.entry.offset, loc.entry.length, loc))
+        for pack_id, reads in per_pack.items():
+            handle = Handle(FileType.PACK, pack_id.hex)
+            for span in coalesce(reads, max_gap=max_gap):
+                buf = self.backend.load(handle, span.offset, span.length)
+                for off, length, loc in span.items:
+                    piece = buf[off - span.offset : off - span.offset + length]
+                    yield loc.entry.id, self._load_at(loc, piece)
+
+    # ----------------------------------------------------------------- records
+    def save_record(self, record: Record) -> Digest:
+        """Flush all data and metadata, then store the record (written last)."""
+        self.flush()
+        if self.lock is not None:
+            self.lock.check()
+        return self.save_file(FileType.RECORD, "record", record.encode())
+
+    def load_record(self, record_id: Digest) -> Record:
+        """Load and verify one record."""
+        plain = self.load_file(Handle(FileType.RECORD, record_id.hex), "record", MAX_RECORD_SIZE)
+        try:
+            return Record.decode(plain)
+        except FormatError as exc:
+            raise _format_errors(f"record {record_id.short}", exc) from exc
+
+    def list_records(self) -> list[tuple[Digest, Record]]:
+        """Every record, oldest first."""
+        out = []
+        for info in self.backend.list(FileType.RECORD):
+            rid = Digest.from_hex(info.handle.name)
+            out.append((rid, self.load_record(rid)))
+        return sorted(out, key=lambda r: (r[1].time_ns, r[0].hex))
+
+    def find_record(self, name: str) -> tuple[Digest, Record]:
+        """The newest record named ``name`` (or whose id starts with ``name``)."""
+        records = self.list_records()
+        named = [r for r in records if r[1].name == name]
+        if not named and len(name) >= 6:
+            named = [r for r in records if r[0].hex.startswith(name)]
+        if not named:
+            raise MissingObject(f"no record named {name!r}; 'chunkstore ls' lists them")
+        return named[-1]
+
+    def remove_record(self, record_id: Digest) -> None:
+        """Delete a record (its data stays until ``prune``)."""
+        self.backend.remove(Handle(FileType.RECORD, record_id.hex))

@@ -1,0 +1,118 @@
+"""Storing and reading byte streams: chunker -> blobs -> chunk lists, and back.
+
+Store pipeline (bounded memory whatever the stream size)::
+
+    main thread:  chunker.chunks(stream) -> submit prepare_blob(DATA, chunk) to the pool
+    workers:      blob id (SHA-256/HMAC), dedup check, zstd, seal          (release the GIL)
+    main thread:  in order: add_prepared -> packs; every MAX_ENTRIES refs -> a chunk-list blob
+
+At most ``2 * workers + 4`` chunks are in flight, so memory stays at a few chunk sizes plus the
+chunker buffer and the open packs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from chunkstore.blob import BlobType, StoredBlob
+from chunkstore.chunker import Chunker
+from chunkstore.errors import CorruptMetadata
+from chunkstore.repository import Repository
+from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, decode_chunk_list, encode_chunk_list
+from index.errors import FormatError
+from index.ids import Digest
+
+__all__ = ["StoreStats", "iter_stream", "read_chunk_lists", "store_stream"]
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters of one store operation."""
+
+    bytes_in: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+
+
+def store_stream(
+    repo: Repository,
+    stream: BinaryIO,
+    *,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[StreamBody, StoreStats]:
+    """Chunk, deduplicate and store ``stream``; returns its body (not yet in any record)."""
+    stats = StoreStats()
+    refs: list[ChunkRef] = []
+    lists: list[Digest] = []
+    chunker = Chunker(repo.config.chunker)
+
+    def finish(fut: Future[StoredBlob | Digest], size: int) -> None:
+        prepared = fut.result()
+        new = repo.add_prepared(prepared)
+        blob_id = prepared if isinstance(prepared, Digest) else prepared.id
+        stats.chunks += 1
+        if new and isinstance(prepared, StoredBlob):
+            stats.new_chunks += 1
+            stats.new_bytes += size
+            stats.stored_bytes += len(prepared.data)
+        refs.append(ChunkRef(blob_id, size))
+        if len(refs) == MAX_ENTRIES:
+            lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
+            refs.clear()
+        if progress is not None:
+            progress(size)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="chunkstore") as pool:
+        inflight: deque[tuple[Future[StoredBlob | Digest], int]] = deque()
+        for chunk in chunker.chunks(stream):
+            stats.bytes_in += len(chunk)
+            inflight.append((pool.submit(repo.prepare_blob, BlobType.DATA, chunk), len(chunk)))
+            if len(inflight) >= 2 * workers + 4:
+                finish(*inflight.popleft())
+        while inflight:
+            finish(*inflight.popleft())
+    if refs:
+        lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
+    return StreamBody(stats.bytes_in, tuple(lists)), stats
+
+
+def read_chunk_lists(repo: Repository, body: StreamBody) -> Iterator[ChunkRef]:
+    """The stream's chunk refs in order."""
+    for list_id in body.lists:
+        try:
+            yield from decode_chunk_list(repo.load_blob(list_id))
+        except FormatError as exc:
+            raise CorruptMetadata(f"chunk list {list_id.short} is invalid: {exc}") from exc
+
+
+def iter_stream(repo: Repository, body: StreamBody, *, batch: int = 64) -> Iterator[bytes]:
+    """The stream's bytes, chunk by chunk, each chunk verified; fetched in pack-grouped batches."""
+    total = 0
+    pending: list[ChunkRef] = []
+
+    def drain() -> Iterator[bytes]:
+        got = dict(repo.load_blobs(r.id for r in pending))
+        for r in pending:
+            data = got[r.id]
+            if len(data) != r.size:
+                raise CorruptMetadata(
+                    f"chunk {r.id.short} has {len(data)} bytes, list says {r.size}"
+                )
+            yield data
+        pending.clear()
+
+    for ref in read_chunk_lists(repo, body):
+        pending.append(ref)
+        total += ref.size
+        if len(pending) >= batch:
+            yield from drain()
+    yield from drain()
+    if total != body.size:
+        raise CorruptMetadata(f"stream chunks add up to {total} bytes, the record says {body.size}")
