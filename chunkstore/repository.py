@@ -18,6 +18,7 @@ import getpass
 import hashlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from typing import Protocol
 
 from chunkstore import crypto
 from chunkstore.backends.base import Backend, FileType, Handle
-from chunkstore.blob import BlobType, Location, StoredBlob
+from chunkstore.blob import BlobType, Location, PackEntry, StoredBlob
 from chunkstore.chunker import ChunkerParams
 from chunkstore.codec import BlobCodec
 from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
@@ -61,6 +62,7 @@ PasswordSource = bytes | Callable[[], bytes] | None
 #: Start a new index file once this many blobs are waiting to be indexed.
 INDEX_ROTATE_BLOBS = 50_000
 _MAX_INDEX_STORED = 256 * 1024 * 1024
+_FinishedPack = tuple[Digest, bytes, list[PackEntry]]
 
 
 class LockCheck(Protocol):
@@ -98,6 +100,7 @@ class Repository:
         cache_dir: Path,
         *,
         verify_packs: bool = True,
+        background_uploads: bool = True,
     ) -> None:
         """Use :meth:`open` or :meth:`init` instead of calling this directly."""
         self.backend = backend
@@ -113,10 +116,17 @@ class Repository:
             BlobType.DATA: PackWriter(self.codec),
             BlobType.META: PackWriter(self.codec),
         }
-        self._open: dict[Digest, StoredBlob] = {}
+        self._open: dict[Digest, BlobType] = {}  # in an open pack or waiting for upload
         self._unindexed: dict[Digest, Location] = {}
         self._unindexed_packs: list[IndexedPack] = []
         self.lock: LockCheck | None = None
+        # Finished packs are verified and stored by one background thread, so that sealing,
+        # verification and storage overlap with chunking; the queue bounds memory to 2 packs.
+        self._uploads: queue.Queue[_FinishedPack | None] | None = (
+            queue.Queue(maxsize=2) if background_uploads else None
+        )
+        self._uploader: threading.Thread | None = None
+        self._upload_error: BaseException | None = None
         self.stats = {"packs_written": 0, "index_files_written": 0, "bytes_written": 0}
 
     # ----------------------------------------------------------------- create / open
@@ -243,7 +253,11 @@ class Repository:
             )
 
     def close(self) -> None:
-        """Close the index cache (does not flush: call :meth:`flush` first)."""
+        """Stop the uploader and close the index cache (does not flush: call :meth:`flush`)."""
+        if self._uploader is not None and self._uploads is not None:
+            self._uploads.put(None)
+            self._uploader.join()
+            self._uploader = None
         self.index.close()
         self.backend.close()
 
@@ -308,10 +322,14 @@ class Repository:
                 return False
             writer = self._writers[prepared.type]
             writer.add(prepared)
-            self._open[prepared.id] = prepared
-            if writer.size >= self.config.pack_size:
-                self._write_pack(writer)
-            return True
+            self._open[prepared.id] = prepared.type
+            finished = writer.finish() if writer.size >= self.config.pack_size else None
+        if finished is not None:
+            self._submit(finished)
+        if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
+            with self._mutex:
+                self._write_index()
+        return True
 
     def save_blob(self, type_: BlobType, data: bytes | memoryview) -> SaveResult:
         """Store a blob unless an identical one is already stored."""
@@ -321,24 +339,62 @@ class Repository:
             return SaveResult(prepared, False, len(data), 0)
         return SaveResult(prepared.id, new, len(data), len(prepared.data) if new else 0)
 
-    def _write_pack(self, writer: PackWriter) -> None:
-        if writer.count == 0:
+    def _submit(self, finished: _FinishedPack) -> None:
+        if self._uploads is None:
+            self._store_pack(*finished)
             return
-        pack_id, data, entries = writer.finish()
+        self._raise_upload_error()
+        if self._uploader is None:
+            self._uploader = threading.Thread(
+                target=self._upload_loop, name="chunkstore-pack-upload", daemon=True
+            )
+            self._uploader.start()
+        self._uploads.put(finished)
+
+    def _upload_loop(self) -> None:
+        assert self._uploads is not None
+        while True:
+            item = self._uploads.get()
+            try:
+                if item is None:
+                    return
+                if self._upload_error is None:
+                    self._store_pack(*item)
+            except BaseException as exc:  # handed to the writer thread at its next step
+                self._upload_error = exc
+            finally:
+                self._uploads.task_done()
+
+    def _raise_upload_error(self) -> None:
+        if self._upload_error is not None:
+            raise self._upload_error
+
+    def _drain_uploads(self) -> None:
+        if self._uploads is not None:
+            self._uploads.join()
+        self._raise_upload_error()
+
+    def _store_pack(self, pack_id: Digest, data: bytes, entries: list[PackEntry]) -> None:
         if self._verify_packs:
             # Decode every blob of the finished pack before it leaves: a fault between
             # chunking and sealing (bad RAM, a bug) must never reach storage.
             for e in entries:
                 self.codec.decode(e.type, e.id, data[e.offset : e.offset + e.length], e.raw_length)
         self.backend.save(Handle(FileType.PACK, pack_id.hex), data)
-        self.stats["packs_written"] += 1
-        self.stats["bytes_written"] += len(data)
-        for e in entries:
-            self._unindexed[e.id] = Location(pack_id, e)
-            self._open.pop(e.id, None)
-        self._unindexed_packs.append(IndexedPack(pack_id, len(data), tuple(entries)))
-        if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
-            self._write_index()
+        with self._mutex:
+            self.stats["packs_written"] += 1
+            self.stats["bytes_written"] += len(data)
+            for e in entries:
+                self._unindexed[e.id] = Location(pack_id, e)
+                self._open.pop(e.id, None)
+            self._unindexed_packs.append(IndexedPack(pack_id, len(data), tuple(entries)))
+
+    def _flush_packs(self) -> None:
+        with self._mutex:
+            finished = [w.finish() for w in self._writers.values() if w.count]
+        for item in finished:
+            self._submit(item)
+        self._drain_uploads()
 
     def _write_index(self) -> None:
         if not self._unindexed_packs:
@@ -359,9 +415,8 @@ class Repository:
 
     def flush(self) -> None:
         """Store open packs, then an index file listing every stored pack not yet indexed."""
+        self._flush_packs()
         with self._mutex:
-            for writer in self._writers.values():
-                self._write_pack(writer)
             self._write_index()
 
     def save_file(self, file_type: FileType, role: str, plaintext: bytes) -> Digest:
@@ -382,10 +437,9 @@ class Repository:
 
     # ----------------------------------------------------------------- read
     def _locate(self, blob_id: Digest) -> Location:
-        with self._mutex:
-            if blob_id in self._open:
-                # Still in memory: write its pack out so there is one read path.
-                self._write_pack(self._writers[self._open[blob_id].type])
+        if blob_id in self._open:
+            # Still in memory or uploading: store its pack first so there is one read path.
+            self._flush_packs()
         loc = self.lookup(blob_id)
         if loc is None:
             raise MissingObject(

@@ -94,7 +94,10 @@ def main() -> None:
     out.append(
         block(
             "chunker-fastcdc",
-            input="sha256(b'chunkstore-test-vector' || uint64_be(i)) for i = 0, 1, ... concatenated, first 1048576 bytes",
+            input=(
+                "sha256(b'chunkstore-test-vector' || uint64_be(i)) for i = 0, 1, ... "
+                "concatenated, first 1048576 bytes"
+            ),
             params="16384 65536 262144",
             chunks=str(len(rows)),
             first=" ".join(rows[0]),
