@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -222,9 +224,7 @@ def test_encryption_mode_is_pinned_per_repository_id(tmp_path: Path) -> None:
     Repository.open(backend, cache_dir=cache, password=PASSWORD).close()
     # Swap in an unencrypted config with the same id (an attacker cannot forge the MAC, so they
     # drop encryption instead).
-    plain = RepoConfig(
-        repo_id=config.repo_id, encrypted=False, chunker=PARAMS, pack_size=PACK_SIZE
-    )
+    plain = RepoConfig(repo_id=config.repo_id, encrypted=False, chunker=PARAMS, pack_size=PACK_SIZE)
     backend.save(Handle.config(), plain.encode(), overwrite=True)
     with pytest.raises(CorruptMetadata, match="was encrypted when last used"):
         Repository.open(backend, cache_dir=cache, password=PASSWORD)
@@ -253,13 +253,6 @@ def test_save_blob_deduplicates(tmp_path: Path) -> None:
     assert packs[0].size < 2 * len(payload)
     saved = [h.type for h in backend.calls("save") if isinstance(h, Handle)]
     assert saved == [FileType.CONFIG, FileType.PACK, FileType.INDEX]
-
-
-def test_same_bytes_as_data_and_meta_share_one_id(tmp_path: Path) -> None:
-    with init(MemoryBackend(), tmp_path) as repo:
-        a = repo.save_blob(BlobType.DATA, b"x" * 100)
-        b = repo.save_blob(BlobType.META, b"x" * 100)
-        assert a.id == b.id and a.new and not b.new
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
@@ -310,7 +303,9 @@ def test_load_blobs_coalesces_reads(tmp_path: Path) -> None:
 
         # With no gap allowed between reads, reads of adjacent blobs still merge.
         backend.clear_log()
-        assert dict(repo.load_blobs(ids[:10], max_gap=0)) == dict(zip(ids[:10], payloads[:10]))
+        assert dict(repo.load_blobs(ids[:10], max_gap=0)) == dict(
+            zip(ids[:10], payloads[:10], strict=True)
+        )
         assert len(backend.calls("load")) < 10
 
 
@@ -367,28 +362,78 @@ def test_flush_with_nothing_pending_writes_nothing(tmp_path: Path) -> None:
 def test_index_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository_module, "INDEX_ROTATE_BLOBS", 8)
     backend = FaultyBackend(MemoryBackend())
-    payloads = [data(300 + i, 3000) for i in range(60)]
+    payloads = [data(300 + i, 3000) for i in range(63)]
     with init(backend, tmp_path / "c") as repo:
         backend.clear_log()
-        ids = [repo.save_blob(BlobType.DATA, p).id for p in payloads]
-        rotated = [h for h in backend.calls("save") if isinstance(h, Handle)]
-        assert [h.type for h in rotated].count(FileType.INDEX) >= 2  # before any flush
+        ids: list[Digest] = []
+        previous = -1  # position of the previous index save in the log
+        for round_ in range(3):
+            batch = payloads[round_ * 21 : round_ * 21 + 20]
+            ids += [repo.save_blob(BlobType.DATA, p).id for p in batch]
+            # Loading an unflushed blob stores its pack first (one read path), so more than
+            # INDEX_ROTATE_BLOBS stored blobs now wait for an index file ...
+            assert repo.load_blob(ids[-1]) == batch[-1]
+            saves = [h for h in backend.calls("save") if isinstance(h, Handle)]
+            assert [h.type for h in saves].count(FileType.INDEX) == round_
+            # ... and the next save writes one, long before any flush.
+            ids.append(repo.save_blob(BlobType.DATA, payloads[round_ * 21 + 20]).id)
+            saves = [h for h in backend.calls("save") if isinstance(h, Handle)]
+            assert [h.type for h in saves].count(FileType.INDEX) == round_ + 1
+            assert saves[-1].type is FileType.INDEX
+            # The rotated index lists exactly the packs stored since the previous index file.
+            since = saves[previous + 1 : -1]
+            assert len(since) == 1 and since[0].type is FileType.PACK
+            index = repo.load_index_file(Digest.from_hex(saves[-1].name))
+            assert [p.pack_id.hex for p in index.packs] == [since[0].name]
+            assert len(index.packs[0].entries) in (20, 21)
+            previous = len(saves) - 1
         repo.flush()
-    saves = [h for h in backend.calls("save") if isinstance(h, Handle)]
-    # Every index file lists only packs already stored.
-    stored: set[str] = set()
-    for h in saves:
-        if h.type is FileType.PACK:
-            stored.add(h.name)
-        else:
-            assert h.type is FileType.INDEX
-            with Repository.open(backend.inner, cache_dir=tmp_path / "peek") as peek:
-                index = peek.load_index_file(Digest.from_hex(h.name))
-            assert {p.pack_id.hex for p in index.packs} <= stored
     with Repository.open(backend.inner, cache_dir=tmp_path / "fresh") as again:
-        assert len(again.index_files()) >= 3
-        assert len(again.index) == len(ids)
+        assert len(again.index_files()) == 4
+        assert len(again.index) == len(ids) == 63
         assert all(again.load_blob(i) == p for i, p in zip(ids, payloads, strict=True))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: load_blob of a saved blob fails with MissingObject while another thread's "
+    "save_blob has finished its pack but not yet queued it for upload (repository.py "
+    "add_prepared/_flush_packs call _submit outside the mutex; _locate's _flush_packs then "
+    "finds nothing to drain)",
+)
+def test_load_blob_while_another_thread_fills_its_pack(tmp_path: Path) -> None:
+    repo = init(MemoryBackend(), tmp_path)
+    x = data(30, 3000)
+    xid = repo.save_blob(BlobType.DATA, x).id  # returned: x is saved (in an open pack)
+    submit = repo._submit
+    parked, go = threading.Event(), threading.Event()
+
+    def slow_submit(finished: Any) -> None:
+        # The pack holding x is finished; this thread is descheduled before queueing it.
+        parked.set()
+        go.wait(2)
+        submit(finished)
+
+    repo._submit = slow_submit  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def fill() -> None:
+        try:
+            repo.save_blob(BlobType.DATA, data(31, PACK_SIZE + 100))
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=fill)
+    writer.start()
+    try:
+        assert parked.wait(10)
+        got = repo.load_blob(xid)
+    finally:
+        go.set()
+        writer.join()
+        repo.close()
+    assert errors == []
+    assert got == x
 
 
 # -- the local index cache -------------------------------------------------------------------------

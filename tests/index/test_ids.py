@@ -85,7 +85,7 @@ BAD_TEXT = [
     "sha256:0x" + HEX64[2:],
     "sha256:" + HEX64[:32] + "\x00" + HEX64[33:],
     "sha256:" + "\uff10" * 64,  # full-width digits are not hex
-    "sha256:" + "٠" * 64,  # Arabic-Indic digits match \d, not [0-9]
+    "sha256:" + "\u0660" * 64,  # Arabic-Indic digits match \d, not [0-9]
 ]
 
 
