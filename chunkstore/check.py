@@ -28,7 +28,13 @@ from chunkstore.repository import Repository
 from index.errors import FormatError
 from index.ids import Digest
 
-__all__ = ["CheckReport", "check_repository", "load_all_index_files", "rebuild_index"]
+__all__ = [
+    "CheckReport",
+    "IndexSnapshot",
+    "check_repository",
+    "load_all_index_files",
+    "rebuild_index",
+]
 
 
 @dataclass(slots=True)
@@ -81,6 +87,39 @@ def load_all_index_files(
     return out
 
 
+@dataclass(slots=True)
+class IndexSnapshot:
+    """Every index file, every indexed pack, and every stored copy of every blob id.
+
+    Copies are listed newest first: index files that supersede others come before the rest, so
+    after an interrupted prune or rebuild the new index's packs are preferred.
+    """
+
+    files: dict[Digest, IndexFile]
+    packs: dict[Digest, IndexedPack] = field(default_factory=dict)
+    copies: dict[Digest, list[Location]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, repo: Repository, report: CheckReport | None = None) -> IndexSnapshot:
+        """Load every index file (errors into ``report`` when given)."""
+        snap = cls(load_all_index_files(repo, report))
+        ordered = sorted(snap.files.items(), key=lambda kv: (not kv[1].supersedes, kv[0].hex))
+        for _, index in ordered:
+            for p in index.packs:
+                snap.packs.setdefault(p.pack_id, p)
+                for e in p.entries:
+                    snap.copies.setdefault(e.id, []).append(Location(p.pack_id, e))
+        return snap
+
+    def locator(self, usable: Callable[[Digest], bool]) -> Callable[[Digest], list[Location]]:
+        """``locations(id)``: the copies of ``id`` in packs for which ``usable`` holds."""
+
+        def locations(blob_id: Digest) -> list[Location]:
+            return [loc for loc in self.copies.get(blob_id, ()) if usable(loc.pack_id)]
+
+        return locations
+
+
 def check_repository(
     repo: Repository, *, read_data: bool = False, progress: Callable[[str], None] | None = None
 ) -> CheckReport:
@@ -88,34 +127,30 @@ def check_repository(
     report = CheckReport()
     say = progress or (lambda _msg: None)
     say("loading index files")
-    files = load_all_index_files(repo, report)
-    report.index_files = len(files)
-    packs: dict[Digest, IndexedPack] = {}
-    where: dict[Digest, Location] = {}
-    for index in files.values():
-        for p in index.packs:
-            packs.setdefault(p.pack_id, p)
-            for e in p.entries:
-                where.setdefault(e.id, Location(p.pack_id, e))
-    report.blobs = len(where)
+    snap = IndexSnapshot.load(repo, report)
+    packs = snap.packs
+    report.index_files = len(snap.files)
+    report.blobs = len(snap.copies)
     present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
     report.packs = len(present)
+    damaged: set[Digest] = set()
     for pack_id, p in sorted(packs.items()):
         if pack_id not in present:
             report.errors.append(f"pack {pack_id.short} is in the index but missing")
+            damaged.add(pack_id)
         elif present[pack_id] != p.size:
             report.errors.append(
                 f"pack {pack_id.short} has {present[pack_id]} bytes, the index says {p.size}"
             )
+            damaged.add(pack_id)
     for pack_id in sorted(set(present) - set(packs)):
         report.warnings.append(
             f"pack {pack_id.short} is not in any index (left by an interrupted write; "
             "'chunkstore prune' removes it, 'check --rebuild-index' adopts it)"
         )
     say("reading pack headers")
-    damaged: set[Digest] = set()
     for pack_id, p in sorted(packs.items()):
-        if present.get(pack_id) != p.size:
+        if pack_id in damaged:
             continue
         handle = Handle(FileType.PACK, pack_id.hex)
         try:
@@ -132,12 +167,10 @@ def check_repository(
     if read_data:
         say("reading all pack data")
         for pack_id, p in sorted(packs.items()):
-            if present.get(pack_id) != p.size:
-                continue
-            _read_pack(repo, pack_id, p, report, damaged)
+            if pack_id not in damaged:
+                _read_pack(repo, pack_id, p, report, damaged)
     report.damaged_packs = sorted(d.hex for d in damaged)
     say("checking records")
-    bad_blobs = {e.id for pid in damaged if pid in packs for e in packs[pid].entries}
     records = []
     for info in repo.backend.list(FileType.RECORD):
         rid = Digest.from_hex(info.handle.name)
@@ -146,14 +179,15 @@ def check_repository(
         except ChunkstoreError as exc:
             report.errors.append(f"record {rid.short}: {exc}")
     report.records = len(records)
+    locations = snap.locator(lambda pack_id: pack_id in present and pack_id not in damaged)
     for rid, rec in records:
         label = f"record {rec.name!r} ({rid.short})"
-        result = walk([(label, rec.body)], where.get, repo.load_blob)
-        problems = [f"{label}: blob {b.short} is missing" for b in result.missing]
+        result = walk([(label, rec.body)], locations, repo.load_at)
+        problems = [
+            f"{label}: blob {b.short} is missing (or only in missing or damaged packs)"
+            for b in result.missing
+        ]
         problems += [f"blob {b.short} unreadable: {why}" for b, why in result.damaged.items()]
-        hit = bad_blobs & set(result.blobs)
-        if hit:
-            problems.append(f"{label}: needs {len(hit)} blob(s) in damaged packs")
         if problems:
             report.errors.extend(problems)
             report.damaged_records.append(rec.name)

@@ -65,12 +65,19 @@ class Compressor:
         except zstandard.ZstdError as exc:
             raise Malformed(f"invalid zstd frame: {exc}") from exc
         size = params.content_size
-        if size <= 0 or size > max_length:
-            raise LimitExceeded("zstd frame declares a size beyond the expected length")
+        if size <= 0:
+            raise Malformed("zstd frame does not declare its content size")
+        if size > max_length:
+            raise LimitExceeded(
+                f"zstd frame declares {size} bytes, more than the {max_length} expected"
+            )
         try:
-            out = self._dctx().decompress(body, max_output_size=size)
+            dobj = self._dctx().decompressobj()
+            out = dobj.decompress(body)
         except zstandard.ZstdError as exc:
             raise Malformed(f"invalid zstd data: {exc}") from exc
+        if not dobj.eof or dobj.unused_data:
+            raise Malformed("zstd frame is truncated or followed by extra bytes")
         if len(out) != size:
             raise Malformed("zstd frame size mismatch")
         return out

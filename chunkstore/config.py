@@ -100,10 +100,10 @@ class RepoConfig:
             raise Malformed("unknown chunker")
         if not isinstance(comp, dict) or set(comp) != {"algorithm", "level"}:
             raise Malformed("bad compression settings")
-        if comp["algorithm"] != "zstd" or not isinstance(comp["level"], int):
+        if comp["algorithm"] != "zstd" or type(comp["level"]) is not int:
             raise Malformed("unknown compression")
         pack_size = body["pack_size"]
-        if not isinstance(pack_size, int):
+        if type(pack_size) is not int:
             raise Malformed("pack_size is not an integer")
         params = ChunkerParams.from_cbor({k: v for k, v in chunker.items() if k != "algorithm"})
         config = cls(

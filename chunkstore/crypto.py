@@ -121,22 +121,23 @@ def create_key_file(
     if not password:
         raise UsageError("the password must not be empty")
     salt = os.urandom(nacl.pwhash.argon2id.SALTBYTES)
+    meta: dict[str, object] = {
+        "kdf": "argon2id",
+        "ops": params.opslimit,
+        "mem": params.memlimit,
+        "salt": salt,
+        "host": host,
+        "user": user,
+        "created": created_ns,
+    }
     inner = cbor.encode({"enc": master.encryption, "mac": master.mac})
-    wrapped = seal(_kek(password, salt, params), inner, _KEY_AAD + repo_id)
-    return cbor.encode_envelope(
-        "key",
-        KEY_FILE_VERSION,
-        {
-            "kdf": "argon2id",
-            "ops": params.opslimit,
-            "mem": params.memlimit,
-            "salt": salt,
-            "wrapped": wrapped,
-            "host": host,
-            "user": user,
-            "created": created_ns,
-        },
-    )
+    wrapped = seal(_kek(password, salt, params), inner, _key_aad(repo_id, meta))
+    return cbor.encode_envelope("key", KEY_FILE_VERSION, {**meta, "wrapped": wrapped})
+
+
+def _key_aad(repo_id: bytes, meta: dict[str, object]) -> bytes:
+    # Every field but the sealed key itself is authenticated: editing any of them is damage.
+    return _KEY_AAD + repo_id + cbor.encode(meta)
 
 
 _WRONG = "wrong password, or the key file is damaged"
@@ -149,27 +150,24 @@ def open_key_file(data: bytes, password: bytes, repo_id: bytes) -> MasterKey:
             data, kind="key", versions=(KEY_FILE_VERSION, KEY_FILE_VERSION), max_size=_MAX_KEY_FILE
         )
         body = env.data
-        if not isinstance(body, dict) or body.get("kdf") != "argon2id":
+        fields = {"kdf", "ops", "mem", "salt", "host", "user", "created", "wrapped"}
+        if not isinstance(body, dict) or set(body) != fields or body["kdf"] != "argon2id":
             raise WrongPassword(_WRONG)
-        ops, mem, salt, wrapped = (
-            body.get("ops"),
-            body.get("mem"),
-            body.get("salt"),
-            body.get("wrapped"),
-        )
+        meta = {k: v for k, v in body.items() if k != "wrapped"}
+        ops, mem, salt, wrapped = body["ops"], body["mem"], body["salt"], body["wrapped"]
         if not (
-            isinstance(ops, int)
-            and isinstance(mem, int)
+            type(ops) is int
+            and type(mem) is int
             and isinstance(salt, bytes)
             and isinstance(wrapped, bytes)
             and len(salt) == nacl.pwhash.argon2id.SALTBYTES
         ):
             raise WrongPassword(_WRONG)
         if ops < KDF_FLOOR.opslimit or mem < KDF_FLOOR.memlimit or ops > 64 or mem > 4 << 30:
-            raise WrongPassword(_WRONG + " (argon2id cost outside the accepted range)")
+            raise WrongPassword(_WRONG)
         kek = _kek(password, salt, KdfParams(ops, mem))
         try:
-            inner = open_sealed(kek, wrapped, _KEY_AAD + repo_id, "key file")
+            inner = open_sealed(kek, wrapped, _key_aad(repo_id, meta), "key file")
         except CorruptBlob as exc:
             raise WrongPassword(_WRONG) from exc
         keys = cbor.decode(inner, max_size=1024)

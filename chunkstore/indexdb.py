@@ -6,8 +6,11 @@ index files it has merged, so opening a repository merges only new ones.
 
 Layout (one LMDB environment per repository, under the cache directory)::
 
-    db "blobs":  blob id raw (32)       -> pack id raw (32) || offset u64 || length u32 ||
-                                           raw_length u32 || type u8      (little-endian)
+    db "blobs":  blob id raw (32) || type u8 -> pack id raw (32) || offset u64 || length u32 ||
+                                               raw_length u32 || type u8  (little-endian)
+
+Blobs are keyed by id *and* type: a metadata blob whose bytes equal a stored data chunk is still
+stored (and found) as metadata, so reachability never stops at a data blob by mistake.
     db "packs":  pack id raw (32)       -> size u64
     db "files":  index file id raw (32) -> b""
     db "meta":   b"version"             -> b"1"
@@ -32,7 +35,7 @@ __all__ = ["IndexDB"]
 
 _ENTRY = struct.Struct("<32sQIIB")
 _PACK = struct.Struct("<Q")
-_SCHEMA = b"1"
+_SCHEMA = b"2"
 
 
 class IndexDB:
@@ -90,7 +93,8 @@ class IndexDB:
                 txn.put(pack.pack_id.raw, _PACK.pack(pack.size), db=self._packs)
                 for e in pack.entries:
                     value = _ENTRY.pack(pack.pack_id.raw, e.offset, e.length, e.raw_length, e.type)
-                    txn.put(e.id.raw, value, db=self._blobs, overwrite=False)
+                    key = e.id.raw + bytes([e.type])
+                    txn.put(key, value, db=self._blobs, overwrite=False)
             txn.put(file_id.raw, b"", db=self._files)
 
     def rebuild(self, files: Iterable[tuple[Digest, IndexFile]]) -> None:
@@ -100,24 +104,32 @@ class IndexDB:
         for file_id, index in files:
             self.add_file(file_id, index)
 
-    def lookup(self, blob_id: Digest) -> Location | None:
-        """Where a blob is stored, or None."""
+    def lookup(self, blob_id: Digest, type_: BlobType | None = None) -> Location | None:
+        """Where a blob of ``type_`` is stored (any type when None: equal ids mean equal bytes)."""
+        types = (type_,) if type_ is not None else (BlobType.DATA, BlobType.META)
         with self._env.begin() as txn:
-            value = txn.get(blob_id.raw, db=self._blobs)
-        return self._decode(blob_id, value)
+            for t in types:
+                loc = self._decode(blob_id, t, txn.get(blob_id.raw + bytes([t]), db=self._blobs))
+                if loc is not None:
+                    return loc
+        return None
 
-    def _decode(self, blob_id: Digest, value: bytes | None) -> Location | None:
+    def _decode(self, blob_id: Digest, type_: int, value: bytes | None) -> Location | None:
         if value is None or len(value) != _ENTRY.size:
             return None
-        pack, offset, length, raw_length, type_ = _ENTRY.unpack(value)
-        if type_ not in (BlobType.DATA, BlobType.META) or length == 0:
+        pack, offset, length, raw_length, stored_type = _ENTRY.unpack(value)
+        if stored_type != type_ or stored_type not in (BlobType.DATA, BlobType.META) or not length:
             return None
-        entry = PackEntry(BlobType(type_), blob_id, offset, length, raw_length)
+        entry = PackEntry(BlobType(stored_type), blob_id, offset, length, raw_length)
         return Location(Digest("sha256", pack), entry)
 
     def __contains__(self, blob_id: Digest) -> bool:
-        """Whether the blob is indexed."""
+        """Whether a blob of any type is indexed."""
         return self.lookup(blob_id) is not None
+
+    def contains(self, blob_id: Digest, type_: BlobType) -> bool:
+        """Whether a blob of that type is indexed."""
+        return self.lookup(blob_id, type_) is not None
 
     def pack_size(self, pack_id: Digest) -> int | None:
         """Size of an indexed pack."""
@@ -138,7 +150,10 @@ class IndexDB:
         """Every indexed blob's location."""
         with self._env.begin() as txn:
             for k, v in txn.cursor(db=self._blobs):
-                loc = self._decode(Digest(self._alg, bytes(k)), bytes(v))
+                key = bytes(k)
+                if len(key) != 33:
+                    continue
+                loc = self._decode(Digest(self._alg, key[:32]), key[32], bytes(v))
                 if loc is not None:
                     yield loc
 

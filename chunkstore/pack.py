@@ -118,11 +118,13 @@ def decode_header(plain: bytes, id_algorithm: str, data_size: int) -> list[PackE
         if not (isinstance(row, list) and len(row) == 4):
             raise CorruptPack("pack header entry is malformed")
         type_, raw_id, length, raw_length = row
-        if type_ not in (BlobType.DATA, BlobType.META) or not isinstance(raw_id, bytes):
-            raise CorruptPack("pack header entry has a bad type or id")
+        if type(type_) is not int or type_ not in (BlobType.DATA, BlobType.META):
+            raise CorruptPack("pack header entry has a bad type")
+        if not isinstance(raw_id, bytes):
+            raise CorruptPack("pack header entry has a bad id")
         if len(raw_id) != DIGEST_SIZE:
             raise CorruptPack("pack header entry id has the wrong length")
-        if not (isinstance(length, int) and isinstance(raw_length, int)):
+        if type(length) is not int or type(raw_length) is not int:
             raise CorruptPack("pack header entry lengths are not integers")
         if length <= 0 or raw_length < 0 or offset + length > data_size:
             raise CorruptPack("pack header entry lies outside the pack")

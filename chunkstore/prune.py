@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkstore.backends.base import FileType, Handle
-from chunkstore.blob import BlobType, Location, PackEntry, StoredBlob
-from chunkstore.check import load_all_index_files
+from chunkstore.blob import BlobType, PackEntry, StoredBlob
+from chunkstore.check import IndexSnapshot
 from chunkstore.errors import CheckFailed
 from chunkstore.pack import PackWriter
 from chunkstore.packindex import IndexedPack, IndexFile
@@ -62,28 +62,24 @@ def prune(
     say = progress or (lambda _msg: None)
     report = PruneReport(dry_run=dry_run)
     repo.flush()
-    files = load_all_index_files(repo)
-    where: dict[Digest, Location] = {}
-    packs: dict[Digest, IndexedPack] = {}
-    for index in files.values():
-        for p in index.packs:
-            packs.setdefault(p.pack_id, p)
-            for e in p.entries:
-                where.setdefault(e.id, Location(p.pack_id, e))
+    snap = IndexSnapshot.load(repo)
+    present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
+    packs = {pid: p for pid, p in snap.packs.items() if present.get(pid) == p.size}
     say("finding referenced blobs")
     roots = [(f"record {r.name!r}", r.body) for _, r in repo.list_records()]
-    reach = walk(roots, where.get, repo.load_blob)
+    reach = walk(roots, snap.locator(lambda pid: pid in packs), repo.load_at)
     if reach.missing or reach.damaged:
         raise CheckFailed(
-            f"prune refused: {len(reach.missing)} referenced blob(s) missing and "
-            f"{len(reach.damaged)} unreadable; run 'chunkstore check --read-data' first"
+            f"prune refused: {len(reach.missing)} referenced blob(s) missing (or only in missing "
+            f"packs) and {len(reach.damaged)} unreadable; run 'chunkstore check --read-data' first"
         )
-    used_in: dict[Digest, Digest] = {b: where[b].pack_id for b in reach.blobs}
+    # One copy of each used (type, id) is kept: the preferred one the walk chose.
+    chosen = {key: loc.pack_id for key, loc in reach.blobs.items()}
     keep: list[IndexedPack] = []
     repack: list[tuple[IndexedPack, list[PackEntry]]] = []
     delete: list[IndexedPack] = []
     for pack_id, p in packs.items():
-        live = [e for e in p.entries if used_in.get(e.id) == pack_id]
+        live = [e for e in p.entries if chosen.get((e.type, e.id)) == pack_id]
         if len(live) == len(p.entries):
             keep.append(p)
         elif not live:
@@ -94,8 +90,13 @@ def prune(
                 repack.append((p, live))
             else:
                 keep.append(p)
-    present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
-    orphans = [pid for pid in present if pid not in packs]
+    orphans = [pid for pid in present if pid not in snap.packs]
+    vanished = [pid for pid in snap.packs if pid not in packs]
+    if vanished:
+        report.notes.append(
+            f"{len(vanished)} indexed pack(s) missing or of the wrong size were dropped from the "
+            "index (no record needed them)"
+        )
     report.packs_deleted = len(delete) + len(orphans)
     report.packs_repacked = len(repack)
     report.blobs_removed = sum(len(p.entries) for p in delete) + sum(
@@ -108,18 +109,23 @@ def prune(
     new_packs = _repack(repo, repack)
     report.packs_written = len(new_packs)
     report.bytes_freed += sum(p.size for p, _ in repack) - sum(p.size for p in new_packs)
-    if new_packs or delete or repack or len(files) > 1:
+    indexed_now = {p.pack_id for p in keep + new_packs}
+    if new_packs or delete or repack or vanished or len(snap.files) > 1:
         say("writing the new index")
-        new_index = IndexFile(tuple(keep + new_packs), tuple(sorted(files)))
+        new_index = IndexFile(tuple(keep + new_packs), tuple(sorted(snap.files)))
         new_id = repo.write_index_file(new_index)
-        for file_id in files:
+        for file_id in snap.files:
             if file_id != new_id:
                 repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
-        report.index_files_replaced = len(files)
+        report.index_files_replaced = len(snap.files)
         repo.index.rebuild([(new_id, new_index)])
     say("deleting unused packs")
-    for pid in [p.pack_id for p in delete] + [p.pack_id for p, _ in repack] + orphans:
-        repo.backend.remove(Handle(FileType.PACK, pid.hex))
+    # A repack can reproduce an existing pack byte for byte (same id): never delete a pack that
+    # the current index lists, whatever list it came from.
+    doomed = [p.pack_id for p in delete] + [p.pack_id for p, _ in repack] + orphans
+    for pid in dict.fromkeys(doomed):
+        if pid not in indexed_now:
+            repo.backend.remove(Handle(FileType.PACK, pid.hex))
     return report
 
 

@@ -22,38 +22,52 @@ MAX_META_SIZE = 64 * 1024 * 1024
 
 
 class Reachable:
-    """Result of a walk: blobs found (with type) and blobs referenced but absent from the index."""
+    """Result of a walk: blobs found, blobs referenced but absent, metadata that did not load."""
 
     def __init__(self) -> None:
         """Empty result."""
-        self.blobs: dict[Digest, BlobType] = {}
+        self.blobs: dict[tuple[BlobType, Digest], Location] = {}
         self.missing: dict[Digest, str] = {}
         self.damaged: dict[Digest, str] = {}
+
+    def used(self, blob_type: BlobType, blob_id: Digest) -> bool:
+        """Whether the walk reached that blob."""
+        return (blob_type, blob_id) in self.blobs
 
 
 def walk(
     roots: Iterable[tuple[str, object]],
-    lookup: Callable[[Digest], Location | None],
-    load_meta: Callable[[Digest], bytes],
+    locations: Callable[[Digest], list[Location]],
+    load_meta: Callable[[Location], bytes],
 ) -> Reachable:
-    """Walk from ``(label, record body)`` roots; ``label`` names the record in reports."""
+    """Walk from ``(label, record body)`` roots; ``label`` names the record in reports.
+
+    ``locations(id)`` lists every stored copy of an id (a data chunk and a metadata blob may share
+    one), first the preferred one. The first copy of each type is the one used, and the walk
+    descends into the metadata copy (read with ``load_meta``), so a metadata blob can never hide
+    behind an equal data chunk.
+    """
     result = Reachable()
+    seen: set[Digest] = set()
     stack: list[tuple[Digest, str]] = []
     for label, body in roots:
         stack.extend((ref, label) for ref in cbor.iter_refs(body))
     while stack:
         blob_id, label = stack.pop()
-        if blob_id in result.blobs or blob_id in result.missing:
+        if blob_id in seen:
             continue
-        loc = lookup(blob_id)
-        if loc is None:
+        seen.add(blob_id)
+        locs = locations(blob_id)
+        if not locs:
             result.missing[blob_id] = label
             continue
-        result.blobs[blob_id] = loc.entry.type
-        if loc.entry.type is not BlobType.META:
+        for loc in locs:
+            result.blobs.setdefault((loc.entry.type, blob_id), loc)
+        meta = result.blobs.get((BlobType.META, blob_id))
+        if meta is None:
             continue
         try:
-            value = cbor.decode(load_meta(blob_id), max_size=MAX_META_SIZE)
+            value = cbor.decode(load_meta(meta), max_size=MAX_META_SIZE)
         except (FormatError, ChunkstoreError) as exc:
             result.damaged[blob_id] = f"{label}: {exc}"
             continue

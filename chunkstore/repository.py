@@ -63,6 +63,7 @@ PasswordSource = bytes | Callable[[], bytes] | None
 INDEX_ROTATE_BLOBS = 50_000
 _MAX_INDEX_STORED = 256 * 1024 * 1024
 _FinishedPack = tuple[Digest, bytes, list[PackEntry]]
+_Key = tuple[BlobType, Digest]
 
 
 class LockCheck(Protocol):
@@ -116,8 +117,11 @@ class Repository:
             BlobType.DATA: PackWriter(self.codec),
             BlobType.META: PackWriter(self.codec),
         }
-        self._open: dict[Digest, BlobType] = {}  # in an open pack or waiting for upload
-        self._unindexed: dict[Digest, Location] = {}
+        # Blobs are keyed by (type, id): see indexdb.py for why the type matters.
+        self._open: set[_Key] = set()  # in an open pack, or finished and not yet stored
+        self._unindexed: dict[_Key, Location] = {}
+        self._unstored = 0  # packs finished but not yet stored (guarded by _stored)
+        self._stored = threading.Condition(self._mutex)
         self._unindexed_packs: list[IndexedPack] = []
         self.lock: LockCheck | None = None
         # Finished packs are verified and stored by one background thread, so that sealing,
@@ -286,18 +290,26 @@ class Repository:
         """Merge new index files into the local cache; returns how many were merged."""
         return self.index.sync(self.index_files(), self.load_index_file)
 
-    def lookup(self, blob_id: Digest) -> Location | None:
-        """Where a stored blob is (packs stored but not yet indexed included)."""
-        with self._mutex:
-            loc = self._unindexed.get(blob_id)
-        return loc if loc is not None else self.index.lookup(blob_id)
+    def lookup(self, blob_id: Digest, type_: BlobType | None = None) -> Location | None:
+        """Where a stored blob of ``type_`` is (any type when None; equal ids are equal bytes).
 
-    def has_blob(self, blob_id: Digest) -> bool:
-        """Whether a blob is stored or waiting in an open pack."""
+        Packs stored but not yet listed in an index file are included.
+        """
+        types = (type_,) if type_ is not None else (BlobType.DATA, BlobType.META)
         with self._mutex:
-            if blob_id in self._open or blob_id in self._unindexed:
+            for t in types:
+                loc = self._unindexed.get((t, blob_id))
+                if loc is not None:
+                    return loc
+        return self.index.lookup(blob_id, type_)
+
+    def has_blob(self, blob_id: Digest, type_: BlobType | None = None) -> bool:
+        """Whether a blob of that type (any when None) is stored or on its way into a pack."""
+        types = (type_,) if type_ is not None else (BlobType.DATA, BlobType.META)
+        with self._mutex:
+            if any((t, blob_id) in self._open or (t, blob_id) in self._unindexed for t in types):
                 return True
-        return blob_id in self.index
+        return any(self.index.contains(blob_id, t) for t in types)
 
     # ----------------------------------------------------------------- write
     def prepare_blob(self, type_: BlobType, data: bytes | memoryview) -> StoredBlob | Digest:
@@ -307,7 +319,7 @@ class Repository:
         :meth:`add_prepared`.
         """
         blob_id = self.codec.blob_id(data)
-        if self.has_blob(blob_id):
+        if self.has_blob(blob_id, type_):
             return blob_id
         return self.codec.encode(type_, data, blob_id)
 
@@ -315,15 +327,16 @@ class Repository:
         """Add a prepared blob to its pack; returns whether it was new."""
         if isinstance(prepared, Digest):
             return False
+        key = (prepared.type, prepared.id)
         with self._mutex:
-            if prepared.id in self._open or prepared.id in self._unindexed:
+            if key in self._open or key in self._unindexed:
                 return False
-            if prepared.id in self.index:
+            if self.index.contains(prepared.id, prepared.type):
                 return False
             writer = self._writers[prepared.type]
             writer.add(prepared)
-            self._open[prepared.id] = prepared.type
-            finished = writer.finish() if writer.size >= self.config.pack_size else None
+            self._open.add(key)
+            finished = self._finish(writer) if writer.size >= self.config.pack_size else None
         if finished is not None:
             self._submit(finished)
         if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
@@ -338,6 +351,12 @@ class Repository:
         if isinstance(prepared, Digest):
             return SaveResult(prepared, False, len(data), 0)
         return SaveResult(prepared.id, new, len(data), len(prepared.data) if new else 0)
+
+    def _finish(self, writer: PackWriter) -> _FinishedPack:
+        # Called under the mutex; the pack counts as unstored until _store_pack has run, so a
+        # reader waiting for it (``_flush_packs``) cannot slip between finish and upload.
+        self._unstored += 1
+        return writer.finish()
 
     def _submit(self, finished: _FinishedPack) -> None:
         if self._uploads is None:
@@ -358,8 +377,7 @@ class Repository:
             try:
                 if item is None:
                     return
-                if self._upload_error is None:
-                    self._store_pack(*item)
+                self._store_pack(*item)
             except BaseException as exc:  # handed to the writer thread at its next step
                 self._upload_error = exc
             finally:
@@ -370,28 +388,42 @@ class Repository:
             raise self._upload_error
 
     def _drain_uploads(self) -> None:
-        if self._uploads is not None:
-            self._uploads.join()
+        with self._stored:
+            self._stored.wait_for(lambda: self._unstored == 0)
         self._raise_upload_error()
 
     def _store_pack(self, pack_id: Digest, data: bytes, entries: list[PackEntry]) -> None:
-        if self._verify_packs:
-            # Decode every blob of the finished pack before it leaves: a fault between
-            # chunking and sealing (bad RAM, a bug) must never reach storage.
-            for e in entries:
-                self.codec.decode(e.type, e.id, data[e.offset : e.offset + e.length], e.raw_length)
-        self.backend.save(Handle(FileType.PACK, pack_id.hex), data)
-        with self._mutex:
-            self.stats["packs_written"] += 1
-            self.stats["bytes_written"] += len(data)
-            for e in entries:
-                self._unindexed[e.id] = Location(pack_id, e)
-                self._open.pop(e.id, None)
-            self._unindexed_packs.append(IndexedPack(pack_id, len(data), tuple(entries)))
+        try:
+            if self._upload_error is not None:
+                raise self._upload_error  # an earlier pack failed: store nothing more
+            if self._verify_packs:
+                # Decode every blob of the finished pack before it leaves: a fault between
+                # chunking and sealing (bad RAM, a bug) must never reach storage.
+                for e in entries:
+                    stored = data[e.offset : e.offset + e.length]
+                    self.codec.decode(e.type, e.id, stored, e.raw_length)
+            self.backend.save(Handle(FileType.PACK, pack_id.hex), data)
+            with self._mutex:
+                self.stats["packs_written"] += 1
+                self.stats["bytes_written"] += len(data)
+                for e in entries:
+                    self._unindexed[(e.type, e.id)] = Location(pack_id, e)
+                    self._open.discard((e.type, e.id))
+                self._unindexed_packs.append(IndexedPack(pack_id, len(data), tuple(entries)))
+        except BaseException:
+            # The pack is lost: forget its blobs so that a later save stores them again.
+            with self._mutex:
+                for e in entries:
+                    self._open.discard((e.type, e.id))
+            raise
+        finally:
+            with self._stored:
+                self._unstored -= 1
+                self._stored.notify_all()
 
     def _flush_packs(self) -> None:
         with self._mutex:
-            finished = [w.finish() for w in self._writers.values() if w.count]
+            finished = [self._finish(w) for w in self._writers.values() if w.count]
         for item in finished:
             self._submit(item)
         self._drain_uploads()
@@ -437,7 +469,9 @@ class Repository:
 
     # ----------------------------------------------------------------- read
     def _locate(self, blob_id: Digest) -> Location:
-        if blob_id in self._open:
+        with self._mutex:
+            pending = any((t, blob_id) in self._open for t in BlobType)
+        if pending:
             # Still in memory or uploading: store its pack first so there is one read path.
             self._flush_packs()
         loc = self.lookup(blob_id)
@@ -450,9 +484,10 @@ class Repository:
 
     def load_blob(self, blob_id: Digest) -> bytes:
         """Load and verify one blob."""
-        return self._load_at(self._locate(blob_id))
+        return self.load_at(self._locate(blob_id))
 
-    def _load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
+    def load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
+        """Load and verify the blob at ``loc`` (``stored``: its bytes if already read)."""
         e = loc.entry
         handle = Handle(FileType.PACK, loc.pack_id.hex)
         for attempt in (1, 2):
@@ -489,7 +524,7 @@ class Repository:
                 buf = self.backend.load(handle, span.offset, span.length)
                 for off, length, loc in span.items:
                     piece = buf[off - span.offset : off - span.offset + length]
-                    yield loc.entry.id, self._load_at(loc, piece)
+                    yield loc.entry.id, self.load_at(loc, piece)
 
     # ----------------------------------------------------------------- records
     def save_record(self, record: Record) -> Digest:

@@ -58,17 +58,34 @@ def encode(value: Any) -> bytes:
 
 
 def _check_encodable(value: Any, depth: int) -> None:
+    # Refuse, before cbor2 sees it, anything decode() would refuse: other Python types (cbor2
+    # would encode datetimes, sets, decimals as tags), integers needing bignum tags, map keys that
+    # are not int/text/bytes, and nesting that decodes deeper than MAX_DEPTH (a reference's tag
+    # counts as one more level).
     if depth > MAX_DEPTH:
         raise LimitExceeded(f"nesting deeper than {MAX_DEPTH}")
-    if isinstance(value, float):
-        raise TypeError("floats are not part of chunkstore CBOR")
+    if isinstance(value, bool) or value is None or isinstance(value, bytes | str):
+        return
+    if isinstance(value, int):
+        if not -(1 << 64) <= value < 1 << 64:
+            raise TypeError("integers outside the 64-bit CBOR range are not allowed")
+        return
+    if isinstance(value, Digest):
+        if depth + 1 > MAX_DEPTH:
+            raise LimitExceeded(f"nesting deeper than {MAX_DEPTH}")
+        return
     if isinstance(value, list | tuple):
         for v in value:
             _check_encodable(v, depth + 1)
-    elif isinstance(value, dict):
+        return
+    if isinstance(value, dict):
         for k, v in value.items():
+            if isinstance(k, bool) or not isinstance(k, int | str | bytes):
+                raise TypeError("map keys must be integers, text or bytes")
             _check_encodable(k, depth + 1)
             _check_encodable(v, depth + 1)
+        return
+    raise TypeError(f"cannot encode {type(value).__name__} as chunkstore CBOR")
 
 
 def _tag_hook(*args: Any) -> Any:

@@ -8,7 +8,7 @@ at most 250 MB; chunking alone runs at >= 1 GB/s.
 Usage::
 
     .venv/bin/python tools/bench_store.py [--size 1G] [--out DIR] [--json] [--repeat N]
-                                          [--no-borg] [--warm] [--keep] [--seed N]
+                                          [--no-borg] [--warm] [--max-wait S] [--keep] [--seed N]
 
 What it does, in one run:
 
@@ -31,6 +31,9 @@ What it does, in one run:
    read once before every run instead, so every run starts warm. The report says which.
    Wall time is measured around the child process; its peak RSS and CPU time come from
    ``/usr/bin/time`` (else from ``os.wait4`` on that child alone), so each figure is per run.
+   The machine may be shared: before each run the benchmark waits (at most ``--max-wait``
+   seconds in all) until other processes use less than 0.15 CPU, and for each run it reports the
+   CPU time the rest of the machine used meanwhile (from /proc/stat), so disturbed runs show.
 4. Prints a table (seconds, MiB/s, CPU seconds, peak RSS, repository size on disk, throughput
    ratio against restic = restic seconds / tool seconds) and PASS/MISS for each target.
    ``--json`` also writes the figures to ``OUT/bench_store.json``.
@@ -874,8 +877,13 @@ def main(argv: list[str] | None = None) -> int:
         chunking = measure_chunking(data, ds.size)
 
         rows: list[Row] = []
+        failures: list[str] = []
         for spec in specs:
-            rows.extend(run_tool(spec, data, ds.size, work, cache, args.repeat, quiet_budget))
+            try:
+                rows.extend(run_tool(spec, data, ds.size, work, cache, args.repeat, quiet_budget))
+            except RuntimeError as exc:
+                log(f"{spec.key} FAILED: {exc}")
+                failures.append(f"{spec.key}: {exc}")
 
     baseline = {r.phase: r for r in rows if r.key == "restic"}
     for r in rows:
@@ -913,18 +921,21 @@ def main(argv: list[str] | None = None) -> int:
             "best_mib_s": ds.size / MIB / chunking.best,
         },
         "rows": [asdict(r) for r in rows],
+        "failures": failures,
     }
     result["waited_s"] = args.max_wait - max(quiet_budget[0], 0.0)
     result["targets"] = evaluate_targets(result)
     result["total_seconds"] = time.perf_counter() - started
     text = render(result)
     print(text)
+    for failure in failures:
+        print(f"FAILED {failure}")
     print(f"\n(total benchmark time {result['total_seconds']:.0f} s)")
     if args.json:
         path = out / "bench_store.json"
         path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         log(f"wrote {path}")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
 from chunkstore.blob import BlobType, Location
+from chunkstore.check import IndexSnapshot
 from chunkstore.chunker import Chunker, ChunkerParams
 from chunkstore.errors import CheckFailed, CorruptBlob, CorruptPack, LockConflict, MissingObject
 from chunkstore.lock import acquire_lock, list_locks
@@ -144,12 +145,6 @@ def test_missing_chunk_list_pack_is_an_error_naming_pack_and_record(separate: Re
     assert restore(separate, "b") == B
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check does not name the record needing a missing DATA pack "
-    "(chunkstore/check.py: missing packs are never added to `damaged`, and the record walk "
-    "only consults the index, so damaged_records stays empty)",
-)
 def test_missing_data_pack_names_the_record(separate: Repository) -> None:
     chunks, _ = locations(separate, "a")
     pack = chunks[0].pack_id
@@ -335,28 +330,32 @@ def test_a_lost_pack_is_recovered_from_another_copy_by_rebuild_index(tmp_path: P
     repo.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: prune does not refuse when a referenced DATA blob's pack is missing "
-    "(chunkstore/prune.py step 1 walks the index only; SPEC 11 says abort if anything is "
-    "missing) and then deletes the only surviving copy of the blob",
-)
-def test_prune_refuses_when_a_referenced_pack_is_missing(tmp_path: Path) -> None:
-    repo, _ = two_copies(tmp_path)
-    with pytest.raises(CheckFailed):
-        api.prune(repo)
-    api.rebuild_index(repo)
+def test_prune_keeps_the_surviving_copy_when_a_referenced_pack_is_missing(tmp_path: Path) -> None:
+    repo, victim = two_copies(tmp_path)
+    report = api.prune(repo)
+    assert any("dropped from the index" in n for n in report.notes)
     assert restore(repo, "a") == A
+    final = api.check(repo, read_data=True)
+    assert final.ok, final.errors
+    assert not any(victim.pack_id.short in w for w in final.warnings)
     repo.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: blobs are deduplicated by id alone, ignoring their type (repository.py "
-    "has_blob/add_prepared, IndexDB keyed by id): a chunk list whose bytes equal an already "
-    "stored DATA chunk is indexed as DATA, reach.walk does not descend into it, and prune "
-    "deletes every chunk it lists; check --read-data stays clean",
-)
+def test_prune_refuses_when_a_referenced_blob_has_no_copy_left(tmp_path: Path) -> None:
+    repo, victim = two_copies(tmp_path)
+    copies = IndexSnapshot.load(repo).copies[victim.entry.id]
+    assert len(copies) == 2
+    for loc in copies:
+        if repo.backend.exists(Handle(FileType.PACK, loc.pack_id.hex)):
+            repo.backend.remove(Handle(FileType.PACK, loc.pack_id.hex))
+    api.rebuild_index(repo)  # the index now lacks the blob entirely
+    before = snapshot(repo.backend)
+    with pytest.raises(CheckFailed):
+        api.prune(repo)
+    assert snapshot(repo.backend) == before
+    repo.close()
+
+
 def test_chunk_list_equal_to_stored_data_keeps_its_chunks(tmp_path: Path) -> None:
     victim = random.Random(5).randbytes(40_000)
     repo = init(MemoryBackend(), tmp_path / "cache")

@@ -255,13 +255,6 @@ def test_truncated_or_empty_is_corrupt(codec: BlobCodec) -> None:
         pytest.param(
             PLAIN,
             id="plain",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: chunkstore/compress.py Compressor.decompress ignores bytes after the "
-                    "zstd frame, so an unencrypted stored blob with appended bytes still decodes"
-                ),
-            ),
         ),
         pytest.param(ENC, id="encrypted"),
     ],

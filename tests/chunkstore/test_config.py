@@ -249,14 +249,6 @@ def test_bad_fields_are_malformed(body: Any) -> None:
         RepoConfig.decode(rewrap(body))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: chunkstore/config.py RepoConfig.decode checks the level with isinstance(level, int), "
-        "which accepts CBOR true (bool is an int subclass); __post_init__ range check 1..19 "
-        "then passes for True"
-    ),
-)
 def test_bool_compression_level_is_malformed() -> None:
     with pytest.raises(Malformed):
         RepoConfig.decode(rewrap(_plain(compression={"algorithm": "zstd", "level": True})))

@@ -297,14 +297,6 @@ def test_one_changed_byte_is_wrong_password(case: KeyFileCase, where: tuple[str,
     assert str(info.value) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: chunkstore/crypto.py create_key_file/open_key_file do not authenticate 'host', "
-        "'user' and 'created' (not in the sealed data nor the AAD); a key file edited there still "
-        "opens, despite 'WrongPassword for a wrong password or any damage alike'"
-    ),
-)
 def test_changed_host_byte_is_wrong_password(case: KeyFileCase) -> None:
     damaged = bytearray(case.data)
     damaged[_offset_of(case.data, HOST.encode())] ^= 0x01

@@ -267,7 +267,8 @@ def test_corrupted_value_is_absent(db_path: Path, value: bytes) -> None:
     db.add_file(F1, FILES[F1])
     db.close()
     victim = did(2)
-    raw_put(db_path, b"blobs", victim.raw, value)
+    victim_type = locations(FILES[F1])[victim].entry.type
+    raw_put(db_path, b"blobs", victim.raw + bytes([victim_type]), value)
     db = IndexDB(db_path, "sha256", map_size=MAP_SIZE)
     try:
         assert db.lookup(victim) is None
@@ -282,10 +283,12 @@ def test_corrupted_value_is_absent(db_path: Path, value: bytes) -> None:
 
 
 def test_valid_raw_value_is_read_as_documented(db_path: Path) -> None:
-    """The documented layout: pack id || offset u64 || length u32 || raw_length u32 || type u8."""
+    """The documented layout: key id || type u8; value pack id || offset u64 || length u32 ||
+    raw_length u32 || type u8."""
     db = IndexDB(db_path, "sha256", map_size=MAP_SIZE)
     db.close()
-    raw_put(db_path, b"blobs", did(5).raw, did(77).raw + struct.pack("<QIIB", 123, 45, 67, 2))
+    value = did(77).raw + struct.pack("<QIIB", 123, 45, 67, 2)
+    raw_put(db_path, b"blobs", did(5).raw + bytes([BlobType.META]), value)
     db = IndexDB(db_path, "sha256", map_size=MAP_SIZE)
     try:
         assert db.lookup(did(5)) == Location(did(77), PackEntry(BlobType.META, did(5), 123, 45, 67))

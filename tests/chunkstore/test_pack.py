@@ -349,14 +349,6 @@ def test_malformed_header_rows(rows: list[Any]) -> None:
         decode_header(cbor.encode_envelope("pack-header", 1, rows), "sha256", 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: chunkstore/pack.py decode_header accepts CBOR booleans as type/length/raw_length "
-        "(`type_ not in (DATA, META)` and isinstance(x, int) are true for True), e.g. "
-        "[[true, id, 10, true]] decodes to PackEntry(type=DATA, length=10, raw_length=True)"
-    ),
-)
 @pytest.mark.parametrize(
     "rows", [[[True, ID, 10, 10]], [[1, ID, 10, True]], [[1, ID, True, 1], [1, ID, 9, 9]]]
 )

@@ -394,13 +394,6 @@ def test_index_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert all(again.load_blob(i) == p for i, p in zip(ids, payloads, strict=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_blob of a saved blob fails with MissingObject while another thread's "
-    "save_blob has finished its pack but not yet queued it for upload (repository.py "
-    "add_prepared/_flush_packs call _submit outside the mutex; _locate's _flush_packs then "
-    "finds nothing to drain)",
-)
 def test_load_blob_while_another_thread_fills_its_pack(tmp_path: Path) -> None:
     repo = init(MemoryBackend(), tmp_path)
     x = data(30, 3000)
@@ -499,7 +492,7 @@ def _write_blob_entry(cache: Path, repo_id: bytes, key: Digest, value: bytes) ->
     try:
         db = env.open_db(b"blobs")
         with env.begin(write=True) as txn:
-            txn.put(key.raw, value, db=db)
+            txn.put(key.raw + bytes([BlobType.DATA]), value, db=db)
     finally:
         env.close()
 
@@ -509,7 +502,7 @@ def _read_blob_entry(cache: Path, repo_id: bytes, key: Digest) -> bytes:
     try:
         db = env.open_db(b"blobs", create=False)
         with env.begin() as txn:
-            value = txn.get(key.raw, db=db)
+            value = txn.get(key.raw + bytes([BlobType.DATA]), db=db)
     finally:
         env.close()
     assert value is not None

@@ -197,7 +197,6 @@ PRUNE_CRASH_POINTS = [
         2,
         False,
         id="before-second-repacked-pack",
-        marks=pytest.mark.xfail(strict=True, reason=_REPACK_REUSES_PACK_ID),
     ),
     pytest.param(
         "save",
@@ -205,7 +204,6 @@ PRUNE_CRASH_POINTS = [
         1,
         False,
         id="before-new-index",
-        marks=pytest.mark.xfail(strict=True, reason=_REPACK_REUSES_PACK_ID),
     ),
     pytest.param(
         "remove",
@@ -213,7 +211,6 @@ PRUNE_CRASH_POINTS = [
         1,
         False,
         id="before-removing-first-old-index",
-        marks=pytest.mark.xfail(strict=True, reason=_REPACK_REUSES_PACK_ID),
     ),
     pytest.param("remove", FileType.INDEX, 2, False, id="before-removing-second-old-index"),
     pytest.param("remove", FileType.PACK, 1, False, id="before-first-pack-delete"),
