@@ -530,29 +530,39 @@ def corpus_description(corpus: Path) -> str:
 
 
 def package_summary(corpus: Path) -> list[str]:
-    lines = []
+    """Markdown bullets: package counts and how the bookworm package sets differ."""
+
+    def versions(path: Path) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in path.read_text().split())
+
     rootfs = corpus / "rootfs"
-    lists = {p.stem: set(p.read_text().split()) for p in sorted(rootfs.glob("*.packages"))}
+    lists = {p.stem: versions(p) for p in sorted(rootfs.glob("*.packages"))}
+    order = {ref: i for i, ref in enumerate(PREFERRED_ORDER)}
+    names = sorted(lists, key=lambda n: (order.get(n, len(order)), n))
     base = lists.get("bookworm-minbase")
-    for name, pkgs in lists.items():
+    lines = []
+    for name in names:
+        pkgs = lists[name]
         line = f"* `{name}`: {len(pkgs)} packages"
         if base is not None and name != "bookworm-minbase" and name.startswith("bookworm"):
-            added = sorted(p.split("=")[0] for p in pkgs - base)
-            removed = sorted(p.split("=")[0] for p in base - pkgs)
-            line += f"; over bookworm-minbase adds {len(added)}: {', '.join(added)}"
-            if removed:
-                line += f"; differs in {', '.join(removed)}"
+            added = sorted(set(pkgs) - set(base))
+            line += f"; adds to bookworm-minbase: {', '.join(added)}"
         lines.append(line)
-    if "bookworm-python3" in lists and "bookworm-python3-rebuilt" in lists:
-        same = lists["bookworm-python3"] == lists["bookworm-python3-rebuilt"]
+    for other in ("bookworm-python3-rebuilt", "bookworm-python3-point"):
+        if "bookworm-python3" not in lists or other not in lists:
+            continue
+        ref, pkgs = lists["bookworm-python3"], lists[other]
+        if set(ref) != set(pkgs):
+            lines.append(f"* `{other}` has a different package set than `bookworm-python3`")
+            continue
+        diff = [f"{n} {pkgs[n]} (vs {ref[n]})" for n in sorted(ref) if ref[n] != pkgs[n]]
         lines.append(
-            "* `bookworm-python3-rebuilt` has "
+            f"* `{other}` has the same packages as `bookworm-python3`, "
             + (
-                "exactly the same package versions as"
-                if same
-                else "DIFFERENT package versions from"
+                f"{len(diff)} at other versions: {', '.join(diff)}"
+                if diff
+                else "all at the same versions"
             )
-            + " `bookworm-python3`"
         )
     return lines
 
@@ -969,6 +979,13 @@ def recommendation(
                 f"; {100 * saving[top_kind] / max(1, wf - u[small]):.0f}% of avg {small}'s "
                 f"saving is in {top_kind}"
             )
+            if top_kind.startswith("Python bytecode"):
+                text += (
+                    " (a timestamp-based .pyc differs from its predecessor only in the source "
+                    "mtime in its 16-byte header when the package is rebuilt with an identical "
+                    ".py, so only chunking can share the rest, and only of .pyc files larger "
+                    "than min_size)"
+                )
             if bins is not None:
                 text += (
                     f", while rebuilt executables and libraries shrink only from "
