@@ -79,6 +79,28 @@ class BlobCodec:
             raise CorruptBlob(f"{what} content does not match its id")
         return plain
 
+    def verify_encoding(self, blob: StoredBlob, plaintext: bytes | memoryview) -> None:
+        """Check that ``blob`` decodes to ``plaintext`` before it is stored.
+
+        Cheaper than :meth:`decode` (no id recomputation: the id was just computed from this very
+        plaintext), and it catches a fault between chunking and sealing (bad RAM, a library bug)
+        before the blob can reach storage.
+        """
+        try:
+            frame: bytes | memoryview = blob.data
+            if self._master is not None:
+                frame = crypto.open_sealed(
+                    self._master.encryption, blob.data, self._blob_aad(blob.type, blob.id), "blob"
+                )
+            ok = self._compressor.decompress(frame, blob.raw_length) == plaintext
+        except (FormatError, CorruptBlob):
+            ok = False
+        if not ok:
+            raise CorruptBlob(
+                f"{blob.type.name.lower()} blob {blob.id.short} does not decode to the data it "
+                "was made from (memory or library fault); nothing was stored"
+            )
+
     def encode_file(self, role: str, plaintext: bytes) -> bytes:
         """Stored bytes of a repository file (index, record, pack header)."""
         frame = self._compressor.compress(plaintext)

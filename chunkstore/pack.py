@@ -51,23 +51,30 @@ class PackWriter:
     def __init__(self, codec: BlobCodec) -> None:
         """Start an empty pack."""
         self._codec = codec
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # joined once in finish(): appending never copies
+        self._size = 0
         self._entries: list[PackEntry] = []
 
     @property
     def size(self) -> int:
         """Bytes of blob data so far."""
-        return len(self._buf)
+        return self._size
 
     @property
     def count(self) -> int:
         """Blobs so far."""
         return len(self._entries)
 
+    @property
+    def entries(self) -> list[PackEntry]:
+        """Entries so far (a copy)."""
+        return list(self._entries)
+
     def add(self, blob: StoredBlob) -> PackEntry:
         """Append a stored blob; returns its entry."""
-        entry = PackEntry(blob.type, blob.id, len(self._buf), len(blob.data), blob.raw_length)
-        self._buf += blob.data
+        entry = PackEntry(blob.type, blob.id, self._size, len(blob.data), blob.raw_length)
+        self._parts.append(blob.data)
+        self._size += len(blob.data)
         self._entries.append(entry)
         return entry
 
@@ -81,14 +88,13 @@ class PackWriter:
         header = self._codec.encode_file(_ROLE, plain)
         if len(header) > MAX_HEADER_SIZE:
             raise CorruptPack("pack header exceeds the size cap; use a smaller pack size")
-        self._buf += header
-        self._buf += struct.pack("<I", len(header)) + MAGIC + bytes([HEADER_VERSION])
-        data = bytes(self._buf)
+        trailer = struct.pack("<I", len(header)) + MAGIC + bytes([HEADER_VERSION])
+        data = b"".join([*self._parts, header, trailer])
         pack_id = Digest("sha256", hashlib.sha256(data).digest())
         parsed = read_pack_header(self._codec, lambda off, n: data[off : off + n], len(data))
         if parsed != self._entries:
             raise CorruptPack("pack header does not read back as written")
-        entries, self._entries, self._buf = self._entries, [], bytearray()
+        entries, self._entries, self._parts, self._size = self._entries, [], [], 0
         return pack_id, data, entries
 
 

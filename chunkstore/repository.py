@@ -2,8 +2,9 @@
 
 Write path (restic's ordering, so a crash never leaves a reference to missing data)::
 
-    save_blob -> (dedup by id) -> codec.encode -> PackWriter of its type class
-    pack full or flush() -> verify every blob of the pack decodes -> backend.save(pack)
+    save_blob -> (dedup by type and id) -> codec.encode -> check it decodes to the plaintext
+              -> PackWriter of its type class
+    pack full or flush() -> (uploader thread) finish the pack -> backend.save(pack)
     flush() -> index file listing the stored packs -> backend.save(index) -> merge into IndexDB
     save_record() -> flush() first, then the record file
 
@@ -29,7 +30,7 @@ from typing import Protocol
 
 from chunkstore import crypto
 from chunkstore.backends.base import Backend, FileType, Handle
-from chunkstore.blob import BlobType, Location, PackEntry, StoredBlob
+from chunkstore.blob import BlobType, Location, StoredBlob
 from chunkstore.chunker import ChunkerParams
 from chunkstore.codec import BlobCodec
 from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
@@ -62,7 +63,6 @@ PasswordSource = bytes | Callable[[], bytes] | None
 #: Start a new index file once this many blobs are waiting to be indexed.
 INDEX_ROTATE_BLOBS = 50_000
 _MAX_INDEX_STORED = 256 * 1024 * 1024
-_FinishedPack = tuple[Digest, bytes, list[PackEntry]]
 _Key = tuple[BlobType, Digest]
 
 
@@ -120,13 +120,14 @@ class Repository:
         # Blobs are keyed by (type, id): see indexdb.py for why the type matters.
         self._open: set[_Key] = set()  # in an open pack, or finished and not yet stored
         self._unindexed: dict[_Key, Location] = {}
+        self._just_indexed: set[_Key] = set()  # keys of the last index file this process wrote
         self._unstored = 0  # packs finished but not yet stored (guarded by _stored)
         self._stored = threading.Condition(self._mutex)
         self._unindexed_packs: list[IndexedPack] = []
         self.lock: LockCheck | None = None
         # Finished packs are verified and stored by one background thread, so that sealing,
         # verification and storage overlap with chunking; the queue bounds memory to 2 packs.
-        self._uploads: queue.Queue[_FinishedPack | None] | None = (
+        self._uploads: queue.Queue[PackWriter | None] | None = (
             queue.Queue(maxsize=2) if background_uploads else None
         )
         self._uploader: threading.Thread | None = None
@@ -321,7 +322,10 @@ class Repository:
         blob_id = self.codec.blob_id(data)
         if self.has_blob(blob_id, type_):
             return blob_id
-        return self.codec.encode(type_, data, blob_id)
+        stored = self.codec.encode(type_, data, blob_id)
+        if self._verify_packs:
+            self.codec.verify_encoding(stored, data)
+        return stored
 
     def add_prepared(self, prepared: StoredBlob | Digest) -> bool:
         """Add a prepared blob to its pack; returns whether it was new."""
@@ -329,14 +333,14 @@ class Repository:
             return False
         key = (prepared.type, prepared.id)
         with self._mutex:
-            if key in self._open or key in self._unindexed:
-                return False
-            if self.index.contains(prepared.id, prepared.type):
+            # The LMDB index was consulted by prepare_blob; here only what this process added
+            # since (open packs, stored packs, the last index file written) can have changed.
+            if key in self._open or key in self._unindexed or key in self._just_indexed:
                 return False
             writer = self._writers[prepared.type]
             writer.add(prepared)
             self._open.add(key)
-            finished = self._finish(writer) if writer.size >= self.config.pack_size else None
+            finished = self._finish(prepared.type) if writer.size >= self.config.pack_size else None
         if finished is not None:
             self._submit(finished)
         if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
@@ -352,15 +356,17 @@ class Repository:
             return SaveResult(prepared, False, len(data), 0)
         return SaveResult(prepared.id, new, len(data), len(prepared.data) if new else 0)
 
-    def _finish(self, writer: PackWriter) -> _FinishedPack:
-        # Called under the mutex; the pack counts as unstored until _store_pack has run, so a
-        # reader waiting for it (``_flush_packs``) cannot slip between finish and upload.
+    def _finish(self, type_: BlobType) -> PackWriter:
+        # Called under the mutex: hands the full writer over (it is finished by the uploader, off
+        # the writers' critical path) and starts a new one. The pack counts as unstored until
+        # _store_pack has run, so a reader waiting for it (_flush_packs) cannot slip through.
         self._unstored += 1
-        return writer.finish()
+        writer, self._writers[type_] = self._writers[type_], PackWriter(self.codec)
+        return writer
 
-    def _submit(self, finished: _FinishedPack) -> None:
+    def _submit(self, finished: PackWriter) -> None:
         if self._uploads is None:
-            self._store_pack(*finished)
+            self._store_pack(finished)
             return
         self._raise_upload_error()
         if self._uploader is None:
@@ -377,7 +383,7 @@ class Repository:
             try:
                 if item is None:
                     return
-                self._store_pack(*item)
+                self._store_pack(item)
             except BaseException as exc:  # handed to the writer thread at its next step
                 self._upload_error = exc
             finally:
@@ -392,16 +398,12 @@ class Repository:
             self._stored.wait_for(lambda: self._unstored == 0)
         self._raise_upload_error()
 
-    def _store_pack(self, pack_id: Digest, data: bytes, entries: list[PackEntry]) -> None:
+    def _store_pack(self, writer: PackWriter) -> None:
+        entries = writer.entries
         try:
             if self._upload_error is not None:
                 raise self._upload_error  # an earlier pack failed: store nothing more
-            if self._verify_packs:
-                # Decode every blob of the finished pack before it leaves: a fault between
-                # chunking and sealing (bad RAM, a bug) must never reach storage.
-                for e in entries:
-                    stored = data[e.offset : e.offset + e.length]
-                    self.codec.decode(e.type, e.id, stored, e.raw_length)
+            pack_id, data, entries = writer.finish()
             self.backend.save(Handle(FileType.PACK, pack_id.hex), data)
             with self._mutex:
                 self.stats["packs_written"] += 1
@@ -423,7 +425,7 @@ class Repository:
 
     def _flush_packs(self) -> None:
         with self._mutex:
-            finished = [self._finish(w) for w in self._writers.values() if w.count]
+            finished = [self._finish(t) for t, w in self._writers.items() if w.count]
         for item in finished:
             self._submit(item)
         self._drain_uploads()
@@ -434,7 +436,7 @@ class Repository:
         index = IndexFile(tuple(self._unindexed_packs))
         self.write_index_file(index)
         self._unindexed_packs = []
-        self._unindexed = {}
+        self._just_indexed, self._unindexed = set(self._unindexed), {}
 
     def write_index_file(self, index: IndexFile) -> Digest:
         """Store an index file (its packs must already be stored) and merge it locally."""

@@ -2,12 +2,14 @@
 
 Store pipeline (bounded memory whatever the stream size)::
 
-    main thread:  chunker.chunks(stream) -> submit prepare_blob(DATA, chunk) to the pool
-    workers:      blob id (SHA-256/HMAC), dedup check, zstd, seal          (release the GIL)
+    main thread:  chunker.chunks(stream) -> batches of ~1 MiB of chunks -> the pool
+    workers:      per chunk: blob id (SHA-256/HMAC), dedup check, zstd, seal, verify
+                  (all of these release the GIL)
     main thread:  in order: add_prepared -> packs; every MAX_ENTRIES refs -> a chunk-list blob
+    uploader:     finish full packs, store them (repository.py)
 
-At most ``2 * workers + 4`` chunks are in flight, so memory stays at a few chunk sizes plus the
-chunker buffer and the open packs.
+At most ``2 * workers + 1`` batches are in flight, so memory stays at a few MiB plus the chunker
+buffer and the packs being filled and stored.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, decode_chunk_list
 from index.errors import FormatError
 from index.ids import Digest
 
-__all__ = ["StoreStats", "iter_stream", "read_chunk_lists", "store_stream"]
+__all__ = ["BATCH_BYTES", "StoreStats", "iter_stream", "read_chunk_lists", "store_stream"]
+
+#: Bytes of chunks handed to a worker at once.
+BATCH_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -53,8 +58,7 @@ def store_stream(
     lists: list[Digest] = []
     chunker = Chunker(repo.config.chunker)
 
-    def finish(fut: Future[StoredBlob | Digest], size: int) -> None:
-        prepared = fut.result()
+    def finish(prepared: StoredBlob | Digest, size: int) -> None:
         new = repo.add_prepared(prepared)
         blob_id = prepared if isinstance(prepared, Digest) else prepared.id
         stats.chunks += 1
@@ -69,15 +73,33 @@ def store_stream(
         if progress is not None:
             progress(size)
 
+    def prepare(batch: list[bytes]) -> list[StoredBlob | Digest]:
+        return [repo.prepare_blob(BlobType.DATA, chunk) for chunk in batch]
+
+    def drain(item: tuple[Future[list[StoredBlob | Digest]], list[int]]) -> None:
+        fut, sizes = item
+        for prepared, size in zip(fut.result(), sizes, strict=True):
+            finish(prepared, size)
+
+    # Chunks go to the workers in batches of about BATCH_BYTES: per-task overhead (futures,
+    # thread hand-offs) then stays small next to hashing and compressing a batch.
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="chunkstore") as pool:
-        inflight: deque[tuple[Future[StoredBlob | Digest], int]] = deque()
+        inflight: deque[tuple[Future[list[StoredBlob | Digest]], list[int]]] = deque()
+        batch: list[bytes] = []
+        batch_bytes = 0
         for chunk in chunker.chunks(stream):
             stats.bytes_in += len(chunk)
-            inflight.append((pool.submit(repo.prepare_blob, BlobType.DATA, chunk), len(chunk)))
-            if len(inflight) >= 2 * workers + 4:
-                finish(*inflight.popleft())
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if batch_bytes >= BATCH_BYTES:
+                inflight.append((pool.submit(prepare, batch), [len(c) for c in batch]))
+                batch, batch_bytes = [], 0
+                if len(inflight) > 2 * workers:
+                    drain(inflight.popleft())
+        if batch:
+            inflight.append((pool.submit(prepare, batch), [len(c) for c in batch]))
         while inflight:
-            finish(*inflight.popleft())
+            drain(inflight.popleft())
     if refs:
         lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
     return StreamBody(stats.bytes_in, tuple(lists)), stats

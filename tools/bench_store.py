@@ -734,7 +734,7 @@ def render(result: dict[str, Any]) -> str:
     lines.append("-" * len(head))
     best = ch["best_seconds"]
     lines.append(
-        f"{'chunking alone: Chunker.chunks (in-process)':<50} {best:>8.2f} "
+        f"{'chunking alone: Chunker.chunks (in-process, warm)':<50} {best:>8.2f} "
         f"{size / MIB / best:>8.1f} {'-':>7} {'-':>8} {'-':>9} {'-':>9} "
         f"{ch['other_cpu_s']:>11.1f}"
     )

@@ -251,13 +251,17 @@ def test_pack_verification_before_upload(tmp_path: Path, monkeypatch: pytest.Mon
             return bytes(damaged)
 
         monkeypatch.setattr(compressor, "compress", corrupting)
-        repo.save_blob(BlobType.DATA, payload)
-        with pytest.raises(IntegrityError):
-            repo.flush()
+        with pytest.raises(IntegrityError, match="does not decode to the data"):
+            repo.save_blob(BlobType.DATA, payload)
         assert [h for h in faulty.calls("save") if getattr(h, "type", None) is FileType.PACK] == []
         assert list(faulty.inner.list(FileType.PACK)) == []
         assert list(faulty.inner.list(FileType.INDEX)) == []
         assert repo.lookup(good) is None
+        bad_id = repo.codec.blob_id(payload)
+        assert not repo.has_blob(bad_id)
+        repo.flush()  # the good blob is stored, the damaged one never was
+        assert repo.load_blob(good) == b"fine " * 1000
+        assert repo.lookup(bad_id) is None
 
 
 def test_pack_verification_stops_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
