@@ -235,7 +235,11 @@ def stats(c: _Ctx) -> None:
     files: dict[str, dict[str, int]] = s["files"]  # type: ignore[assignment]
     lines = [f"repository {s['repository']} ({'encrypted' if s['encrypted'] else 'plain'})"]
     lines += [f"  {k:<8} {v['count']:>8} files {v['bytes']:>14} bytes" for k, v in files.items()]
-    lines.append(f"  blobs: {s['blobs']}, raw {s['raw_bytes']} bytes, stored {s['stored_bytes']}")
+    blobs: dict[str, int] = s["blobs"]  # type: ignore[assignment]
+    lines.append(
+        f"  blobs: {blobs['data']} data, {blobs['meta']} metadata; "
+        f"{s['raw_bytes']} bytes raw, {s['stored_bytes']} stored"
+    )
     c.emit(s, "\n".join(lines))
 
 
