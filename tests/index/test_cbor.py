@@ -19,21 +19,15 @@ from hypothesis import strategies as st
 
 from index import cbor
 from index.errors import FormatError, LimitExceeded, Malformed, UnsupportedVersion
-from index.ids import DIGEST_SIZE, Digest
+from index.ids import Digest
+from tests.index.strategies import D1, D2, digests
 
 BIG = 10**9
-D1 = Digest("sha256", bytes(range(32)))
-D2 = Digest("hmac-sha256", bytes(range(32, 64)))
 
 # ------------------------------------------------------------------------------------------------
 # Strategies and helpers
 # ------------------------------------------------------------------------------------------------
 
-digests = st.builds(
-    Digest,
-    st.sampled_from(["sha256", "hmac-sha256"]),
-    st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE),
-)
 #: Every integer CBOR major types 0 and 1 can hold.
 cbor_ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
 scalars = st.one_of(

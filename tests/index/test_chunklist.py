@@ -18,17 +18,10 @@ from index.chunklist import (
     encode_chunk_list,
 )
 from index.errors import FormatError, LimitExceeded, Malformed, UnsupportedVersion
-from index.ids import DIGEST_SIZE, Digest
+from index.ids import Digest
 from index.record import Record
+from tests.index.strategies import D1, D2, digests
 
-D1 = Digest("sha256", bytes(range(32)))
-D2 = Digest("hmac-sha256", bytes(range(32, 64)))
-
-digests = st.builds(
-    Digest,
-    st.sampled_from(["sha256", "hmac-sha256"]),
-    st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE),
-)
 chunk_refs = st.builds(ChunkRef, digests, st.integers(1, 2**64 - 1))
 
 

@@ -11,17 +11,9 @@ from hypothesis import strategies as st
 
 from index import cbor
 from index.errors import FormatError, LimitExceeded, Malformed, UnsupportedVersion
-from index.ids import DIGEST_SIZE, Digest
 from index.record import MAX_RECORD_SIZE, RECORD_VERSION, Record
+from tests.index.strategies import D1, digests
 
-D1 = Digest("sha256", bytes(range(32)))
-D2 = Digest("hmac-sha256", bytes(range(32, 64)))
-
-digests = st.builds(
-    Digest,
-    st.sampled_from(["sha256", "hmac-sha256"]),
-    st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE),
-)
 bodies = st.recursive(
     st.one_of(
         st.integers(-(2**63), 2**64 - 1),
