@@ -53,6 +53,7 @@ def init_repository(
     password: bytes | None = None,
     chunker: ChunkerParams | None = None,
     pack_size: int = DEFAULT_PACK_SIZE,
+    compression_level: int = 3,
 ) -> Repository:
     """Create a repository at ``location`` (encrypted when a password is given)."""
     return Repository.init(
@@ -61,6 +62,7 @@ def init_repository(
         password=password,
         chunker=chunker,
         pack_size=pack_size,
+        compression_level=compression_level,
     )
 
 

@@ -126,9 +126,22 @@ def main(
 @click.option("--chunk-avg", default="64K", show_default=True, help="FastCDC average chunk size.")
 @click.option("--chunk-max", default="256K", show_default=True, help="FastCDC maximum chunk size.")
 @click.option("--pack-size", default=str(DEFAULT_PACK_SIZE // (1 << 20)) + "M", show_default=True)
+@click.option(
+    "--compression-level",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 19),
+    help="zstd level (3 is zstd's default; 1-2 are faster, slightly larger).",
+)
 @pass_ctx
 def init(
-    c: _Ctx, encrypt: bool, chunk_min: str, chunk_avg: str, chunk_max: str, pack_size: str
+    c: _Ctx,
+    encrypt: bool,
+    chunk_min: str,
+    chunk_avg: str,
+    chunk_max: str,
+    pack_size: str,
+    compression_level: int,
 ) -> None:
     """Create a repository."""
     params = ChunkerParams(_size(chunk_min), _size(chunk_avg), _size(chunk_max))
@@ -139,6 +152,7 @@ def init(
         password=password,
         chunker=params,
         pack_size=_size(pack_size),
+        compression_level=compression_level,
     )
     with repo:
         repo_id = repo.config.repo_id.hex()

@@ -476,11 +476,12 @@ def tool_specs(chunkstore_bin: str, with_borg: bool) -> list[ToolSpec]:
     specs = []
     for mode, init_args, extra_env in (
         ("plain", [], {}),
+        ("plain, zstd-2", ["--compression-level", "2"], {}),
         ("encrypted", ["--encrypt"], {"CHUNKSTORE_PASSWORD": PASSWORD}),
     ):
         specs.append(
             ToolSpec(
-                key=f"chunkstore-{mode}",
+                key="chunkstore-" + mode.replace(", ", "-"),
                 label=f"chunkstore put ({mode})",
                 again_label=f"chunkstore put again ({mode})",
                 init=[[*cs, "init", *init_args]],
