@@ -28,7 +28,14 @@ from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, decode_chunk_list
 from index.errors import FormatError
 from index.ids import Digest
 
-__all__ = ["BATCH_BYTES", "StoreStats", "iter_stream", "read_chunk_lists", "store_stream"]
+__all__ = [
+    "BATCH_BYTES",
+    "ChunkStorer",
+    "StoreStats",
+    "iter_stream",
+    "read_chunk_lists",
+    "store_stream",
+]
 
 #: Bytes of chunks handed to a worker at once.
 BATCH_BYTES = 1 << 20
@@ -45,6 +52,87 @@ class StoreStats:
     stored_bytes: int = 0
 
 
+class ChunkStorer:
+    """Stores streams as deduplicated chunks with a pool of worker threads (a context manager).
+
+    One storer serves any number of streams one after another (all files of a layer), so the
+    pool and the chunker's buffer are set up once.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        workers: int = 2,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Prepare a pool of ``workers`` threads for ``repo``."""
+        self._repo = repo
+        self._workers = max(1, workers)
+        self._progress = progress
+        self._chunker = Chunker(repo.config.chunker)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="chunkstore")
+        self.stats = StoreStats()
+
+    def __enter__(self) -> ChunkStorer:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(self, batch: list[bytes]) -> list[StoredBlob | Digest]:
+        return [self._repo.prepare_blob(BlobType.DATA, chunk) for chunk in batch]
+
+    def _finish(
+        self, prepared: StoredBlob | Digest, size: int, emit: Callable[[ChunkRef], None]
+    ) -> None:
+        stats = self.stats
+        new = self._repo.add_prepared(prepared)
+        blob_id = prepared if isinstance(prepared, Digest) else prepared.id
+        stats.chunks += 1
+        if new and isinstance(prepared, StoredBlob):
+            stats.new_chunks += 1
+            stats.new_bytes += size
+            stats.stored_bytes += len(prepared.data)
+        emit(ChunkRef(blob_id, size))
+        if self._progress is not None:
+            self._progress(size)
+
+    def store(self, stream: BinaryIO, emit: Callable[[ChunkRef], None]) -> int:
+        """Chunk and store ``stream``; ``emit`` gets each chunk's ref in order. Returns the size.
+
+        Chunks go to the workers in batches of about BATCH_BYTES, so per-task overhead (futures,
+        thread hand-offs) stays small next to hashing and compressing a batch; a small file is
+        one batch.
+        """
+        inflight: deque[tuple[Future[list[StoredBlob | Digest]], list[int]]] = deque()
+        batch: list[bytes] = []
+        batch_bytes = total = 0
+
+        def drain() -> None:
+            fut, sizes = inflight.popleft()
+            for prepared, size in zip(fut.result(), sizes, strict=True):
+                self._finish(prepared, size, emit)
+
+        for chunk in self._chunker.chunks(stream):
+            total += len(chunk)
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if batch_bytes >= BATCH_BYTES:
+                inflight.append((self._pool.submit(self._prepare, batch), [len(c) for c in batch]))
+                batch, batch_bytes = [], 0
+                if len(inflight) > 2 * self._workers:
+                    drain()
+        if batch:
+            inflight.append((self._pool.submit(self._prepare, batch), [len(c) for c in batch]))
+        while inflight:
+            drain()
+        self.stats.bytes_in += total
+        return total
+
+
 def store_stream(
     repo: Repository,
     stream: BinaryIO,
@@ -53,56 +141,20 @@ def store_stream(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[StreamBody, StoreStats]:
     """Chunk, deduplicate and store ``stream``; returns its body (not yet in any record)."""
-    stats = StoreStats()
     refs: list[ChunkRef] = []
     lists: list[Digest] = []
-    chunker = Chunker(repo.config.chunker)
 
-    def finish(prepared: StoredBlob | Digest, size: int) -> None:
-        new = repo.add_prepared(prepared)
-        blob_id = prepared if isinstance(prepared, Digest) else prepared.id
-        stats.chunks += 1
-        if new and isinstance(prepared, StoredBlob):
-            stats.new_chunks += 1
-            stats.new_bytes += size
-            stats.stored_bytes += len(prepared.data)
-        refs.append(ChunkRef(blob_id, size))
+    def emit(ref: ChunkRef) -> None:
+        refs.append(ref)
         if len(refs) == MAX_ENTRIES:
             lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
             refs.clear()
-        if progress is not None:
-            progress(size)
 
-    def prepare(batch: list[bytes]) -> list[StoredBlob | Digest]:
-        return [repo.prepare_blob(BlobType.DATA, chunk) for chunk in batch]
-
-    def drain(item: tuple[Future[list[StoredBlob | Digest]], list[int]]) -> None:
-        fut, sizes = item
-        for prepared, size in zip(fut.result(), sizes, strict=True):
-            finish(prepared, size)
-
-    # Chunks go to the workers in batches of about BATCH_BYTES: per-task overhead (futures,
-    # thread hand-offs) then stays small next to hashing and compressing a batch.
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="chunkstore") as pool:
-        inflight: deque[tuple[Future[list[StoredBlob | Digest]], list[int]]] = deque()
-        batch: list[bytes] = []
-        batch_bytes = 0
-        for chunk in chunker.chunks(stream):
-            stats.bytes_in += len(chunk)
-            batch.append(chunk)
-            batch_bytes += len(chunk)
-            if batch_bytes >= BATCH_BYTES:
-                inflight.append((pool.submit(prepare, batch), [len(c) for c in batch]))
-                batch, batch_bytes = [], 0
-                if len(inflight) > 2 * workers:
-                    drain(inflight.popleft())
-        if batch:
-            inflight.append((pool.submit(prepare, batch), [len(c) for c in batch]))
-        while inflight:
-            drain(inflight.popleft())
+    with ChunkStorer(repo, workers=workers, progress=progress) as storer:
+        size = storer.store(stream, emit)
     if refs:
         lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
-    return StreamBody(stats.bytes_in, tuple(lists)), stats
+    return StreamBody(size, tuple(lists)), storer.stats
 
 
 def read_chunk_lists(repo: Repository, body: StreamBody) -> Iterator[ChunkRef]:
