@@ -7,7 +7,7 @@ A layer tar is read as a sequence of events:
   the padding after content, the end-of-archive blocks and any trailing bytes after them;
 * :class:`Member`: one archive member, parsed, with ``content``, a reader over its data bytes
   (regular files, contiguous files and GNU sparse files) that must be consumed before the next
-  event (unconsumed bytes are skipped into the recipe as content, never lost).
+  event (an unconsumed reader raises :class:`TarError`: nothing is ever skipped silently).
 
 Concatenating every ``Raw`` and every member's content in order gives back the input exactly.
 
@@ -30,6 +30,7 @@ __all__ = [
     "BLOCK",
     "CONTENT_TYPES",
     "HEADER_ONLY_TYPES",
+    "ZERO_SIZE_TYPES",
     "Limits",
     "Member",
     "Raw",
@@ -41,8 +42,16 @@ __all__ = [
 BLOCK = 512
 #: Member types whose data is file content (chunked); all other data is kept raw.
 CONTENT_TYPES = frozenset({b"0", b"\x00", b"7", b"S"})
-#: Types that never carry data, whatever their size field says (as GNU tar and Go read them).
-HEADER_ONLY_TYPES = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
+#: Types that carry no data, whatever their size field says (GNU tar and Go agree on these).
+HEADER_ONLY_TYPES = frozenset({b"1", b"5"})
+#: Types that must have size 0: GNU tar skips data after them, Go does not, so a non-zero size
+#: could hide a member from one of them. Such archives are refused.
+ZERO_SIZE_TYPES = frozenset({b"2", b"3", b"4", b"6"})
+#: The global PAX keys that apply to members (others are kept verbatim but have no effect).
+_GLOBAL_KEYS = frozenset(
+    {b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime", b"uname", b"gname"}
+)
+_MAX_DIGITS = 30
 _META_TYPES = frozenset({b"x", b"g", b"L", b"K", b"X"})
 
 
@@ -59,6 +68,8 @@ class Limits:
     max_long_name: int = 64 * 1024
     max_sparse_blocks: int = 100_000
     max_members: int = 10_000_000
+    #: Extension headers (PAX, GNU long names) before one member, in total.
+    max_extension_total: int = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +127,7 @@ class _ContentReader:
         self.remaining = size
 
     def read(self, n: int = -1) -> bytes:
-        if self.remaining <= 0:
+        if self.remaining <= 0 or n == 0:
             return b""
         if n < 0 or n > self.remaining:
             n = self.remaining
@@ -196,7 +207,7 @@ def parse_pax(data: bytes, limits: Limits) -> list[tuple[bytes, bytes]]:
 
 
 def _pax_int(value: bytes, key: bytes) -> int:
-    if not value.isdigit():
+    if not value.isdigit() or len(value) > _MAX_DIGITS:
         raise TarError(f"PAX {key.decode('ascii', 'replace')} is not a decimal integer")
     return int(value)
 
@@ -205,7 +216,7 @@ def _pax_time_ns(value: bytes) -> int:
     sign = -1 if value.startswith(b"-") else 1
     body = value[1:] if sign < 0 else value
     whole, _, frac = body.partition(b".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
+    if not whole.isdigit() or (frac and not frac.isdigit()) or len(whole) > _MAX_DIGITS:
         raise TarError("PAX mtime is not a decimal number")
     ns = int(whole) * 1_000_000_000 + int((frac + b"000000000")[:9] or b"0")
     return sign * ns
@@ -281,6 +292,7 @@ class TarReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         members = 0
+        extension_bytes = 0
         while True:
             block = self._read_block_or_eof()
             if not block:
@@ -319,6 +331,12 @@ class TarReader:
                     raise TarError(
                         f"tar {typeflag.decode()!r} header of {size} bytes exceeds the {cap}-byte cap"
                     )
+                extension_bytes += size
+                if extension_bytes > limits.max_extension_total:
+                    raise TarError(
+                        f"more than {limits.max_extension_total} bytes of extension headers "
+                        f"before one member (at byte {self.offset})"
+                    )
                 data = self._read_exact(size, "extended header")
                 raw += data
                 raw += self._read_exact(self._padded(size), "padding")
@@ -327,13 +345,21 @@ class TarReader:
                     pax_list.extend(records)
                     pax.update(records)
                 elif typeflag == b"g":
-                    global_pax.update(parse_pax(data, limits))
+                    global_pax.update(
+                        (k, v) for k, v in parse_pax(data, limits) if k in _GLOBAL_KEYS
+                    )
                 elif typeflag == b"L":
                     long_name = _cstr(data)
                 else:
                     long_link = _cstr(data)
                 continue
+            extension_bytes = 0
             members += 1
+            if typeflag in ZERO_SIZE_TYPES and size:
+                raise TarError(
+                    f"tar member at byte {self.offset - BLOCK} of type {typeflag.decode()!r} has "
+                    f"size {size}: tar implementations disagree on such archives, refusing it"
+                )
             if members > limits.max_members:
                 raise TarError(f"more than {limits.max_members} tar members")
             merged = {**global_pax, **pax}
@@ -357,8 +383,14 @@ class TarReader:
                     )
             else:
                 yield Member(entry, None)
-                if data_size:
-                    raw += self._read_exact(data_size, "member data")
+                left = data_size
+                while left:  # data of other types is kept raw, read in bounded pieces
+                    piece = self._read_exact(min(left, 1 << 20), "member data")
+                    left -= len(piece)
+                    raw += piece
+                    if len(raw) >= 1 << 20:
+                        yield Raw(bytes(raw))
+                        raw.clear()
             raw += self._read_exact(self._padded(data_size), "padding")
 
     def _old_gnu_sparse(
@@ -377,8 +409,10 @@ class TarReader:
         is_extended = block[482]
         realsize = _parse_number(block[483:495], "realsize")
         ext = bytearray()
+        blocks = 0
         while is_extended:
-            if len(segments) > self._limits.max_sparse_blocks:
+            blocks += 1
+            if blocks > self._limits.max_sparse_blocks:
                 raise TarError("too many GNU sparse extension blocks")
             eb = self._read_exact(BLOCK, "sparse extension block")
             ext += eb
