@@ -121,9 +121,7 @@ class VerifiedReader(io.RawIOBase):
             return 0
         data = self._raw.read(want)
         if not data:
-            raise self._fail(
-                f"it ends after {self._count} bytes, its descriptor says {self._size}"
-            )
+            raise self._fail(f"it ends after {self._count} bytes, its descriptor says {self._size}")
         if len(data) > want:
             raise self._fail(f"it is longer than the declared {self._size} bytes")
         n = len(data)

@@ -1,0 +1,565 @@
+"""Layer compression: media types, magic sniffing, bounded decompression, bit-exact recompression.
+
+A layer is stored uncompressed (its tar is what gets chunked); to give back the exact compressed
+blob, :func:`find_reproduction` looks for compressor settings that recreate the original bytes from
+the tar. Layers made with Python's zlib (or zlib-based tools at their default settings) and with
+libzstd usually reproduce; most Go-built layers (docker, buildkit, umoci, containerd) use Go's own
+deflate or klauspost/zstd and do not, which is expected: the search gives up early, after
+comparing only the first few kilobytes of each attempt against the original's prefix.
+
+Decompression (:func:`open_decompressed`) streams with bounded memory and refuses decompression
+bombs: output beyond ``max_size`` bytes, or more than ``max_ratio`` times the compressed bytes read
+(past the first MiB), raises :class:`DecompressionLimit`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import zstandard
+
+from chunkstore.errors import UsageError
+from chunkstore.images.blobs import Readable
+from index.ids import Digest
+
+__all__ = [
+    "DEFAULT_MAX_RATIO",
+    "DEFAULT_MAX_SIZE",
+    "DOCKER_FOREIGN_LAYER_GZIP",
+    "DOCKER_LAYER_GZIP",
+    "DOCKER_LAYER_TAR",
+    "LAYER_MEDIA_TYPES",
+    "OCI_LAYER_GZIP",
+    "OCI_LAYER_TAR",
+    "OCI_LAYER_ZSTD",
+    "Compression",
+    "CorruptLayer",
+    "DecompressionLimit",
+    "GzipHeader",
+    "Reproduction",
+    "check_magic",
+    "detect_gzip_params",
+    "find_reproduction",
+    "layer_compression",
+    "open_decompressed",
+    "recompress",
+    "sniff_compression",
+]
+
+Compression = Literal["none", "gzip", "zstd"]
+
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+#: Every layer media type understood, with its compression.
+LAYER_MEDIA_TYPES: dict[str, Compression] = {
+    OCI_LAYER_TAR: "none",
+    OCI_LAYER_GZIP: "gzip",
+    OCI_LAYER_ZSTD: "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    DOCKER_LAYER_TAR: "none",
+    DOCKER_LAYER_GZIP: "gzip",
+    DOCKER_FOREIGN_LAYER_GZIP: "gzip",
+}
+
+DEFAULT_MAX_SIZE = 64 << 30
+DEFAULT_MAX_RATIO = 1000
+_RATIO_FLOOR = 1 << 20
+_READ = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PREFIX = 1 << 20
+_DEFAULT_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+class CorruptLayer(UsageError):
+    """A layer's compressed bytes do not decode (or disagree with its media type)."""
+
+
+class DecompressionLimit(CorruptLayer):
+    """A layer decompresses to more than the size or ratio cap (a likely decompression bomb)."""
+
+
+def layer_compression(media_type: str) -> Compression:
+    """The compression a layer media type declares; ``UsageError`` for anything else."""
+    try:
+        return LAYER_MEDIA_TYPES[media_type]
+    except KeyError:
+        supported = ", ".join(sorted(LAYER_MEDIA_TYPES))
+        raise UsageError(
+            f"unsupported layer media type {media_type!r:.120}; supported: {supported}"
+        ) from None
+
+
+def sniff_compression(head: bytes) -> Compression:
+    """The compression the first bytes of a blob show (``none`` when neither magic matches)."""
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def check_magic(declared: Compression, head: bytes, *, name: str = "layer") -> None:
+    """Raise :class:`CorruptLayer` when ``head`` (the first bytes) contradicts ``declared``."""
+    if not head:
+        if declared != "none":
+            raise CorruptLayer(f"{name} is empty but declared {declared}-compressed")
+        return
+    found = sniff_compression(head)
+    if found != declared:
+        shown = "uncompressed data" if found == "none" else f"{found} data"
+        raise CorruptLayer(
+            f"{name} is declared {declared} by its media type but holds {shown}; "
+            "fix the image's manifest or re-export it"
+        )
+
+
+class _Decompressed(io.RawIOBase):
+    """A readable stream over decompressed data with a size and ratio guard."""
+
+    def __init__(
+        self, source: Readable, compression: Compression, max_ratio: float, max_size: int
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._compression = compression
+        self._max_ratio = max_ratio
+        self._max_size = max_size
+        self._in = 0
+        self._out = 0
+        self._pending = b""
+        self._eof = False
+        self._zobj: Any = None
+        self._zstd: Any = None
+        self._started = False
+        if compression == "gzip":
+            self._zobj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif compression == "zstd":
+            dctx = zstandard.ZstdDecompressor()
+            self._zstd = dctx.stream_reader(
+                cast(Any, _Counting(source, self)), read_size=_READ, read_across_frames=True
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def _count_in(self, n: int) -> None:
+        self._in += n
+
+    def _guard(self, n: int) -> None:
+        self._out += n
+        if self._out > self._max_size:
+            raise DecompressionLimit(
+                f"layer decompresses to more than {self._max_size} bytes; refusing it "
+                "(raise the size limit if the layer is genuine)"
+            )
+        if self._out > _RATIO_FLOOR and self._out > self._max_ratio * max(self._in, 1):
+            raise DecompressionLimit(
+                f"layer expands more than {self._max_ratio:g} times ({self._in} compressed "
+                f"bytes gave {self._out}); refusing a likely decompression bomb "
+                "(raise the ratio limit if the layer is genuine)"
+            )
+
+    def _gzip_more(self, want: int) -> bytes:
+        obj = self._zobj
+        while True:
+            if obj.unconsumed_tail:
+                data = obj.decompress(obj.unconsumed_tail, want)
+            elif obj.eof:
+                rest = obj.unused_data
+                if not rest:
+                    rest = self._source.read(_READ)
+                    self._count_in(len(rest))
+                if not rest:
+                    return b""
+                if len(rest) < 2:
+                    more = self._source.read(1)
+                    self._count_in(len(more))
+                    rest += more
+                if not rest.startswith(_GZIP_MAGIC):
+                    raise CorruptLayer(
+                        "gzip layer has trailing data after its last member; it is damaged"
+                    )
+                obj = self._zobj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                data = obj.decompress(rest, want)
+            else:
+                chunk = self._source.read(_READ)
+                self._count_in(len(chunk))
+                if not chunk:
+                    raise CorruptLayer("gzip layer is truncated; re-fetch it")
+                data = obj.decompress(chunk, want)
+            if data:
+                return bytes(data)
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        want = len(view)
+        if want == 0 or self._eof:
+            return 0
+        if not self._pending:
+            try:
+                if self._compression == "gzip":
+                    self._pending = self._gzip_more(max(want, _READ))
+                elif self._compression == "zstd":
+                    self._pending = self._zstd.read(max(want, _READ))
+                else:
+                    self._pending = self._source.read(max(want, _READ))
+                    self._count_in(len(self._pending))
+            except zlib.error as exc:
+                raise CorruptLayer(f"gzip layer does not decode: {exc}") from exc
+            except zstandard.ZstdError as exc:
+                raise CorruptLayer(f"zstd layer does not decode: {exc}") from exc
+            if not self._pending:
+                self._eof = True
+                return 0
+            if self._compression != "none":
+                self._guard(len(self._pending))
+        n = min(want, len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+        super().close()
+
+
+class _Counting:
+    """Counts the compressed bytes zstd reads, for the ratio guard."""
+
+    def __init__(self, source: Readable, owner: _Decompressed) -> None:
+        self._source = source
+        self._owner = owner
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._owner._count_in(len(data))
+        return data
+
+
+def open_decompressed(
+    stream: Readable,
+    compression: Compression,
+    *,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> io.BufferedReader:
+    """A buffered stream of the uncompressed tar inside ``stream``.
+
+    gzip may hold several members (as ``pigz`` and some tools write); zstd several frames.
+    Output over ``max_size`` bytes, or over ``max_ratio`` times the compressed bytes once past
+    1 MiB, raises :class:`DecompressionLimit`; undecodable data raises :class:`CorruptLayer`.
+    A truncated gzip stream is detected here; a zstd stream cut at a frame boundary is not
+    (the layer's diff_id check catches it).
+    """
+    if compression not in ("none", "gzip", "zstd"):
+        raise UsageError(f"unknown compression {compression!r}; use none, gzip or zstd")
+    return io.BufferedReader(_Decompressed(stream, compression, max_ratio, max_size), _READ)
+
+
+# --- reproduction ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GzipHeader:
+    """The fields of a gzip member header (RFC 1952)."""
+
+    mtime: int
+    xfl: int
+    os: int
+    flags: int
+    fname: bytes | None
+    fcomment: bytes | None
+    fextra: bytes | None
+    header_crc: bool
+    length: int
+    raw: bytes
+
+    @property
+    def level_hint(self) -> int:
+        """The zlib level XFL suggests: 2 means 9, 4 means 1, anything else 6."""
+        return {2: 9, 4: 1}.get(self.xfl, 6)
+
+
+def detect_gzip_params(compressed_head: bytes) -> GzipHeader | None:
+    """Parse the gzip header at the start of ``compressed_head``; None if absent or incomplete."""
+    b = compressed_head
+    if len(b) < 10 or b[:3] != b"\x1f\x8b\x08":
+        return None
+    flags = b[3]
+    if flags & 0xE0:
+        return None
+    (mtime,) = struct.unpack_from("<I", b, 4)
+    pos = 10
+    fextra = fname = fcomment = None
+    if flags & 0x04:
+        if len(b) < pos + 2:
+            return None
+        (xlen,) = struct.unpack_from("<H", b, pos)
+        if len(b) < pos + 2 + xlen:
+            return None
+        fextra = b[pos + 2 : pos + 2 + xlen]
+        pos += 2 + xlen
+    for bit in (0x08, 0x10):
+        if flags & bit:
+            end = b.find(b"\x00", pos)
+            if end < 0:
+                return None
+            if bit == 0x08:
+                fname = b[pos:end]
+            else:
+                fcomment = b[pos:end]
+            pos = end + 1
+    if flags & 0x02:
+        if len(b) < pos + 2:
+            return None
+        pos += 2
+    return GzipHeader(
+        mtime=mtime,
+        xfl=b[8],
+        os=b[9],
+        flags=flags,
+        fname=fname,
+        fcomment=fcomment,
+        fextra=fextra,
+        header_crc=bool(flags & 0x02),
+        length=pos,
+        raw=bytes(b[:pos]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reproduction:
+    """Compressor settings that recreate a layer's compressed bytes exactly from its tar.
+
+    gzip: ``header`` (the original member header, verbatim), zlib ``level`` and ``mem_level``.
+    zstd: libzstd ``level``, whether a ``checksum`` is written, and ``content_size`` (the
+    uncompressed size pledged into the frame header, or None when the frame has none).
+    """
+
+    compression: Compression
+    level: int
+    mem_level: int = 8
+    header: bytes = b""
+    checksum: bool = False
+    content_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for a tag record (bytes as hex)."""
+        d: dict[str, Any] = {"compression": self.compression, "level": self.level}
+        if self.compression == "gzip":
+            d["mem_level"] = self.mem_level
+            d["header"] = self.header.hex()
+        else:
+            d["checksum"] = self.checksum
+            d["content_size"] = self.content_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reproduction:
+        """Inverse of :meth:`to_dict`; ``UsageError`` on anything malformed."""
+        try:
+            compression = d["compression"]
+            level = d["level"]
+            if compression == "gzip":
+                rep = cls("gzip", int(level), int(d["mem_level"]), bytes.fromhex(d["header"]))
+                if detect_gzip_params(rep.header) is None:
+                    raise ValueError("bad gzip header")
+                return rep
+            if compression == "zstd":
+                size = d["content_size"]
+                return cls(
+                    "zstd",
+                    int(level),
+                    checksum=bool(d["checksum"]),
+                    content_size=None if size is None else int(size),
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"malformed compression reproduction record: {exc}") from exc
+        raise UsageError(f"malformed compression reproduction record: {compression!r:.40}")
+
+
+def _read_chunks(stream: Readable) -> Iterator[bytes]:
+    while True:
+        block = stream.read(_READ)
+        if not block:
+            return
+        yield block
+
+
+def _gzip_chunks(stream: Readable, level: int, mem_level: int, header: bytes) -> Iterator[bytes]:
+    yield header
+    comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, mem_level, 0)
+    crc = 0
+    size = 0
+    for block in _read_chunks(stream):
+        crc = zlib.crc32(block, crc)
+        size += len(block)
+        out = comp.compress(block)
+        if out:
+            yield out
+    yield comp.flush() + struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def _zstd_chunks(
+    stream: Readable, level: int, checksum: bool, content_size: int | None
+) -> Iterator[bytes]:
+    cctx = zstandard.ZstdCompressor(
+        level=level, write_checksum=checksum, write_content_size=content_size is not None
+    )
+    size = -1 if content_size is None else content_size
+    try:
+        yield from cctx.read_to_iter(cast(Any, stream), size=size, read_size=_READ)
+    except zstandard.ZstdError as exc:
+        raise UsageError(f"cannot recompress the layer with zstd: {exc}") from exc
+
+
+def recompress(
+    stream: Readable, reproduction: Reproduction | None, compression: Compression
+) -> Iterator[bytes]:
+    """Compressed bytes of ``stream``: exact when ``reproduction`` is given, else the defaults.
+
+    Defaults: gzip level 6 with a neutral header (mtime 0, OS unknown), zstd level 3 without
+    checksum or content size. ``none`` passes the bytes through.
+    """
+    if reproduction is not None and reproduction.compression != compression:
+        raise UsageError(
+            f"reproduction is for {reproduction.compression}, the layer is {compression}"
+        )
+    if compression == "none":
+        return _read_chunks(stream)
+    if compression == "gzip":
+        if reproduction is None:
+            return _gzip_chunks(stream, 6, 8, _DEFAULT_GZIP_HEADER)
+        return _gzip_chunks(stream, reproduction.level, reproduction.mem_level, reproduction.header)
+    if compression == "zstd":
+        if reproduction is None:
+            return _zstd_chunks(stream, 3, False, None)
+        return _zstd_chunks(
+            stream, reproduction.level, reproduction.checksum, reproduction.content_size
+        )
+    raise UsageError(f"unknown compression {compression!r}; use none, gzip or zstd")
+
+
+def _matches(chunks: Iterator[bytes], digest: Digest, size: int, prefix: bytes | None) -> bool:
+    """Whether ``chunks`` are exactly the blob, stopping at the first byte that differs."""
+    h = hashlib.sha256()
+    pos = 0
+    for chunk in chunks:
+        if prefix is not None and pos < len(prefix):
+            n = min(len(chunk), len(prefix) - pos)
+            if chunk[:n] != prefix[pos : pos + n]:
+                return False
+        pos += len(chunk)
+        if pos > size:
+            return False
+        h.update(chunk)
+    return pos == size and h.digest() == digest.raw
+
+
+def _gzip_candidates(header: GzipHeader | None) -> list[tuple[int, int, bytes]]:
+    raw = _DEFAULT_GZIP_HEADER if header is None else header.raw
+    hint = 6 if header is None else header.level_hint
+    levels = [hint, *[lv for lv in (6, 9, 1, 5, 4, 7, 8, 3, 2) if lv != hint]]
+    out = [(lv, 8, raw) for lv in levels]
+    out += [(lv, 9, raw) for lv in levels]
+    return out
+
+
+def _zstd_candidates(prefix: bytes | None) -> list[tuple[int, bool, int | None]]:
+    levels = [3, *[lv for lv in range(1, 20) if lv != 3]]
+    if prefix:
+        try:
+            params = zstandard.get_frame_parameters(prefix)
+        except zstandard.ZstdError:
+            return []
+        size = params.content_size
+        known = None if size == zstandard.CONTENTSIZE_UNKNOWN else int(size)
+        return [(lv, bool(params.has_checksum), known) for lv in levels]
+    return [(lv, ck, None) for lv in levels for ck in (False, True)]
+
+
+def find_reproduction(
+    uncompressed_stream_factory: Callable[[], Readable],
+    compressed_digest: Digest,
+    compressed_size: int,
+    compression: Compression,
+    *,
+    compressed_prefix: bytes | None = None,
+    max_attempts: int = 24,
+) -> Reproduction | None:
+    """Settings that recreate the compressed blob exactly from its tar, or None.
+
+    ``uncompressed_stream_factory`` opens the tar afresh for each attempt (attempts close it).
+    ``compressed_prefix`` (up to the first MiB of the original compressed blob) supplies the gzip
+    header and zstd frame parameters, and lets each attempt stop at its first differing byte;
+    without it every attempt runs to the end, so fewer are worth trying. At most
+    ``max_attempts`` settings are tried: gzip tries the level the header's XFL suggests first,
+    then the others, with memLevel 8 then 9; zstd tries level 3, then 1..19.
+    """
+    if compression == "none":
+        return None
+    prefix = None if compressed_prefix is None else compressed_prefix[:_PREFIX]
+    if prefix is not None and sniff_compression(prefix) != compression:
+        return None
+    if compression == "gzip":
+        header = None if prefix is None else detect_gzip_params(prefix)
+        if prefix is not None and header is None:
+            return None
+        for level, mem_level, raw in _gzip_candidates(header)[:max_attempts]:
+            if _attempt(
+                uncompressed_stream_factory,
+                functools.partial(_gzip_chunks, level=level, mem_level=mem_level, header=raw),
+                compressed_digest,
+                compressed_size,
+                prefix,
+            ):
+                return Reproduction("gzip", level, mem_level, raw)
+        return None
+    if compression == "zstd":
+        for level, checksum, content_size in _zstd_candidates(prefix)[:max_attempts]:
+            if _attempt(
+                uncompressed_stream_factory,
+                functools.partial(
+                    _zstd_chunks, level=level, checksum=checksum, content_size=content_size
+                ),
+                compressed_digest,
+                compressed_size,
+                prefix,
+            ):
+                return Reproduction("zstd", level, checksum=checksum, content_size=content_size)
+        return None
+    raise UsageError(f"unknown compression {compression!r}; use none, gzip or zstd")
+
+
+def _attempt(
+    factory: Callable[[], Readable],
+    make: Callable[[Readable], Iterator[bytes]],
+    digest: Digest,
+    size: int,
+    prefix: bytes | None,
+) -> bool:
+    stream = factory()
+    try:
+        return _matches(make(stream), digest, size, prefix)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
