@@ -27,6 +27,7 @@ from chunkstore import __version__, api
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.errors import EXIT_CODES, CheckFailed, ChunkstoreError, UsageError, exit_code_for
+from chunkstore.images.backup import backup_image, restore_image
 from chunkstore.lock import list_locks, remove_all_locks, remove_stale_locks
 from chunkstore.repository import Repository
 
@@ -323,3 +324,54 @@ def key_add(c: _Ctx) -> None:
             new = click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
         key_id = repo.add_key(new.encode("utf-8"))
     c.emit({"key": key_id.hex}, f"added key {key_id.short}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--tag", "-t", required=True, help="Record name for this image.")
+@click.option(
+    "--platform", help="Only this platform of a multi-platform image (os/arch[/variant])."
+)
+@pass_ctx
+def backup(c: _Ctx, source: str, tag: str, platform: str | None) -> None:
+    """Back up an image (oci:DIR[:REF]) under the name TAG."""
+    with c.open() as repo, c.bytes_progress(None, tag) as tick, api.locked(repo, exclusive=False):
+        result = backup_image(repo, source, tag, platform=platform, progress=tick)
+    info = {
+        "id": result.record_id.hex,
+        "tag": tag,
+        "images": result.images,
+        "layers": result.layers,
+        "tar_bytes": result.tar_bytes,
+        "new_bytes": result.new_bytes,
+        "stored_bytes": result.stored_bytes,
+        "reproducible_layers": result.reproducible_layers,
+    }
+    c.emit(
+        info,
+        f"backed up {source} as {tag}: {result.layers} layer(s), {result.tar_bytes} tar bytes, "
+        f"{result.new_bytes} new, {result.stored_bytes} written (record {result.record_id.short})",
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.argument("target")
+@pass_ctx
+def restore(c: _Ctx, name: str, target: str) -> None:
+    """Restore image record NAME into TARGET (oci:DIR[:REF])."""
+    with c.open() as repo:
+        result = restore_image(repo, name, target)
+    for note in result.notes:
+        click.echo(f"chunkstore: note: {note}", err=True)
+    info = {
+        "images": result.images,
+        "layers": result.layers,
+        "exact_layers": result.exact_layers,
+        "manifest_rewritten": result.manifest_rewritten,
+    }
+    c.emit(
+        info,
+        f"restored {name} to {target}: {result.layers} layer(s), "
+        f"{result.exact_layers} with their original digest",
+    )

@@ -224,4 +224,3 @@ class RecipeBuilder:
         self._flush_raw()
         self._cut()
         return RecipeRoot(self.size, diff_id, tuple(self._parts))
-

@@ -94,8 +94,11 @@ class VerifiedReader(io.RawIOBase):
         return True
 
     def _fail(self, what: str) -> BlobDigestMismatch:
+        name = self._name
+        if name != str(self._digest):
+            name = f"{name} ({self._digest})"
         return BlobDigestMismatch(
-            f"blob {self._name} is damaged: {what}; the source does not hold the blob its "
+            f"blob {name} is damaged: {what}; the source does not hold the blob its "
             "descriptor names (re-fetch or re-export the image)"
         )
 

@@ -177,9 +177,7 @@ class _Decompressed(io.RawIOBase):
     def _gzip_more(self, want: int) -> bytes:
         obj = self._zobj
         while True:
-            if obj.unconsumed_tail:
-                data = obj.decompress(obj.unconsumed_tail, want)
-            elif obj.eof:
+            if obj.eof:
                 rest = obj.unused_data
                 if not rest:
                     rest = self._source.read(_READ)
@@ -196,6 +194,8 @@ class _Decompressed(io.RawIOBase):
                     )
                 obj = self._zobj = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 data = obj.decompress(rest, want)
+            elif obj.unconsumed_tail:
+                data = obj.decompress(obj.unconsumed_tail, want)
             else:
                 chunk = self._source.read(_READ)
                 self._count_in(len(chunk))

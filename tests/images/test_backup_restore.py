@@ -1,0 +1,171 @@
+"""Image backup and restore end to end: OCI layouts in and out, verified by skopeo and umoci."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from chunkstore import api
+from chunkstore.chunker import ChunkerParams
+from chunkstore.errors import UsageError
+from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.repository import Repository
+from index.ids import sha256
+
+CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def layer_tar(files: dict[str, bytes], whiteouts: tuple[str, ...] = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for name in whiteouts:
+            tar.addfile(tarfile.TarInfo(name))
+    return buf.getvalue()
+
+
+def zlib_gzip(data: bytes, level: int = 6) -> bytes:
+    # A gzip member made by zlib with a fixed header: reproducible at restore.
+    c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+def write_image(root: Path, ref: str, layers: list[bytes]) -> None:
+    writer = OCILayoutWriter(root)
+    descs = []
+    for tar in layers:
+        blob = zlib_gzip(tar)
+        descs.append(writer.add_bytes(blob, LAYER_GZIP))
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [str(sha256(t)) for t in layers]},
+        "config": {},
+    }
+    config_desc = writer.add_bytes(json.dumps(config).encode(), OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_desc.to_json(),
+        "layers": [d.to_json() for d in descs],
+    }
+    writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, ref)
+
+
+def new_repo(tmp: Path) -> Repository:
+    return api.init_repository(
+        tmp / "repo", cache_dir=tmp / "cache", chunker=ChunkerParams(1024, 4096, 16384)
+    )
+
+
+def test_round_trip_is_exact_and_valid(tmp_path: Path) -> None:
+    base = layer_tar({"etc/os-release": b"ID=test\n", "usr/bin/tool": bytes(range(256)) * 300})
+    top = layer_tar({"app/main.py": b"print(42)\n" * 50}, whiteouts=("etc/.wh.os-release",))
+    write_image(tmp_path / "src", "v1", [base, top])
+    repo = new_repo(tmp_path)
+    result = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "app")
+    assert result.layers == 2 and result.reproducible_layers == 2
+    restored = restore_image(repo, "app", f"oci:{tmp_path / 'out'}:v1")
+    assert restored.exact_layers == 2 and not restored.manifest_rewritten
+    src, out = OCILayout(tmp_path / "src"), OCILayout(tmp_path / "out")
+    (a,), (b,) = src.resolve("v1"), out.resolve("v1")
+    assert a.manifest_bytes == b.manifest_bytes and a.config_bytes == b.config_bytes
+    for desc in b.layers:
+        assert (
+            hashlib.sha256(out.blob_path(desc.digest).read_bytes()).hexdigest() == desc.digest.hex
+        )
+    assert api.check(repo, read_data=True).ok
+    repo.close()
+    if shutil.which("skopeo"):
+        subprocess.run(
+            ["skopeo", "copy", "-q", f"oci:{tmp_path / 'out'}:v1", f"oci:{tmp_path / 'copy'}:v1"],
+            check=True,
+        )
+
+
+def test_not_reproducible_layer_rewrites_manifest_keeps_image_id(tmp_path: Path) -> None:
+    tar = layer_tar({"a": b"x" * 10_000})
+    writer = OCILayoutWriter(tmp_path / "src")
+    blob = gzip.compress(tar, mtime=12345)  # header differs from what zlib writes alone
+    blob = blob[:9] + b"\x07" + blob[10:]  # an unusual OS byte in the gzip header
+    layer = writer.add_bytes(blob, LAYER_GZIP)
+    config = json.dumps(
+        {"rootfs": {"type": "layers", "diff_ids": [str(sha256(tar))]}, "os": "linux"}
+    ).encode()
+    cdesc = writer.add_bytes(config, OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": cdesc.to_json(),
+        "layers": [layer.to_json()],
+    }
+    writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, "v1")
+    repo = new_repo(tmp_path)
+    backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    restore_image(repo, "x", f"oci:{tmp_path / 'out'}:v1")
+    (b,) = OCILayout(tmp_path / "out").resolve("v1")
+    assert b.config_bytes == config  # same image ID whatever happened to the layer blob
+    with tarfile.open(
+        fileobj=io.BytesIO(
+            gzip.decompress(
+                (tmp_path / "out" / "blobs" / "sha256" / b.layers[0].digest.hex).read_bytes()
+            )
+        )
+    ) as t:
+        assert t.extractfile("a").read() == b"x" * 10_000  # type: ignore[union-attr]
+    repo.close()
+
+
+def test_inconsistent_diff_id_records_nothing(tmp_path: Path) -> None:
+    tar = layer_tar({"a": b"1"})
+    writer = OCILayoutWriter(tmp_path / "src")
+    layer = writer.add_bytes(zlib_gzip(tar), LAYER_GZIP)
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [str(sha256(b"other"))]}})
+    cdesc = writer.add_bytes(config.encode(), OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": cdesc.to_json(),
+        "layers": [layer.to_json()],
+    }
+    writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, "v1")
+    repo = new_repo(tmp_path)
+    with pytest.raises(UsageError, match="inconsistent"):
+        backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    assert repo.list_records() == []
+    repo.close()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not CORPUS.exists(), reason="real-image corpus not built (tools/build_corpus)")
+def test_real_debian_image_round_trip(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    backup_image(repo, f"oci:{CORPUS}:bookworm-minbase", "minbase")
+    first = repo.stats["bytes_written"]
+    backup_image(repo, f"oci:{CORPUS}:bookworm-python3-rebuilt", "rebuilt")
+    restore_image(repo, "minbase", f"oci:{tmp_path / 'out'}:minbase")
+    (a,) = OCILayout(CORPUS).resolve("bookworm-minbase")
+    (b,) = OCILayout(tmp_path / "out").resolve("minbase")
+    assert a.config_bytes == b.config_bytes
+    assert repo.stats["bytes_written"] > first
+    repo.close()
+    if shutil.which("umoci"):
+        subprocess.run(
+            ["umoci", "stat", "--image", f"{tmp_path / 'out'}:minbase"],
+            check=True,
+            capture_output=True,
+        )
