@@ -23,13 +23,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from chunkstore import __version__, api
+from chunkstore import __version__, api, browse
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.errors import EXIT_CODES, CheckFailed, ChunkstoreError, UsageError, exit_code_for
 from chunkstore.images.backup import backup_image, restore_image
 from chunkstore.lock import list_locks, remove_all_locks, remove_stale_locks
 from chunkstore.repository import Repository
+from index.tree import Node
 
 __all__ = ["main"]
 
@@ -374,4 +375,97 @@ def restore(c: _Ctx, name: str, target: str) -> None:
         info,
         f"restored {name} to {target}: {result.layers} layer(s), "
         f"{result.exact_layers} with their original digest",
+    )
+
+
+_TYPE_CHARS = {0: "-", 1: "d", 2: "l", 3: "c", 4: "b", 5: "p"}
+
+
+def _node_json(node: Node) -> dict[str, object]:
+    return {
+        "name": node.name.decode("utf-8", "surrogateescape"),
+        "type": node.type.name.lower(),
+        "mode": node.mode,
+        "uid": node.uid,
+        "gid": node.gid,
+        "size": node.size,
+        "mtime_ns": node.mtime_ns,
+        "target": node.target.decode("utf-8", "surrogateescape") or None,
+    }
+
+
+@main.command("tags")
+@pass_ctx
+def tags_cmd(c: _Ctx) -> None:
+    """List image records (tags)."""
+    with c.open() as repo:
+        rows = [r for r in api.list_records(repo) if r["type"] == "image"]
+    c.emit(rows, "\n".join(f"{str(r['id'])[:12]}  {r['name']}" for r in rows) or "(no images)")
+
+
+@main.command("ls-image")
+@click.argument("name")
+@click.argument("path", default="/")
+@click.option("--platform", help="Platform of a multi-platform image (os/arch[/variant]).")
+@pass_ctx
+def ls_image(c: _Ctx, name: str, path: str, platform: str | None) -> None:
+    """List PATH (default /) inside image NAME."""
+    with c.open() as repo:
+        image = browse.open_image(repo, name, platform)
+        nodes = browse.list_path(repo, image.root, path)
+    lines = [
+        f"{_TYPE_CHARS[int(n.type)]}{n.mode:04o} {n.uid:>5}:{n.gid:<5} {n.size:>12}  "
+        + n.name.decode("utf-8", "surrogateescape")
+        + (" -> " + n.target.decode("utf-8", "surrogateescape") if n.target else "")
+        for n in nodes
+    ]
+    c.emit([_node_json(n) for n in nodes], "\n".join(lines))
+
+
+@main.command("cat")
+@click.argument("name")
+@click.argument("path")
+@click.option("--platform", help="Platform of a multi-platform image (os/arch[/variant]).")
+@pass_ctx
+def cat_cmd(c: _Ctx, name: str, path: str, platform: str | None) -> None:
+    """Write the file PATH of image NAME to stdout (verified)."""
+    with c.open() as repo:
+        image = browse.open_image(repo, name, platform)
+        node = browse.resolve_path(repo, image.root, path)
+        if node is None:
+            raise UsageError("the image root is a directory; give a file path")
+        out = sys.stdout.buffer
+        for data in browse.read_file(repo, node):
+            out.write(data)
+        out.flush()
+
+
+@main.command("diff")
+@click.argument("name1")
+@click.argument("name2")
+@pass_ctx
+def diff_cmd(c: _Ctx, name1: str, name2: str) -> None:
+    """Files added, removed and changed from image NAME1 to NAME2."""
+    with c.open() as repo:
+        a, b = browse.open_image(repo, name1), browse.open_image(repo, name2)
+        changes = list(browse.diff_images(repo, a.root, b.root))
+    marks = {"added": "+", "removed": "-", "changed": "M"}
+    c.emit(
+        [{"kind": ch.kind, "path": ch.path} for ch in changes],
+        "\n".join(f"{marks[ch.kind]} {ch.path}" for ch in changes) or "(no differences)",
+    )
+
+
+@main.command("image-stats")
+@click.argument("name")
+@pass_ctx
+def image_stats_cmd(c: _Ctx, name: str) -> None:
+    """Logical, unique and stored bytes of image NAME."""
+    with c.open() as repo:
+        s = browse.image_stats(repo, browse.open_image(repo, name))
+    c.emit(
+        s,
+        f"{name}: {s['layers']} layer(s), {s['logical_bytes']} bytes of layer tars "
+        f"({s['compressed_bytes']} compressed), {s['unique_bytes']} bytes in "
+        f"{s['blobs']} blobs, {s['stored_bytes']} stored",
     )

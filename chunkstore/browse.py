@@ -1,0 +1,173 @@
+"""Looking inside stored images without restoring them: ls, cat, diff and per-image stats.
+
+Everything reads the merged root tree of a tag (index/tree.py): a path is resolved one component
+at a time through tree blobs (symlinks are shown, never followed), a file is read from its chunks,
+and two tags are compared tree by tree, skipping every subtree whose id is equal in both (so a diff
+of two related images reads only the directories that changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
+from chunkstore.reach import walk
+from chunkstore.repository import Repository
+from chunkstore.streams import read_chunk_lists
+from index.chunklist import ChunkRef, StreamBody
+from index.errors import FormatError
+from index.ids import Digest
+from index.image import ImageBody, ImageEntry
+from index.tree import Node, NodeType, Tree, decode_tree
+
+__all__ = [
+    "Change",
+    "diff_images",
+    "file_chunks",
+    "image_stats",
+    "list_path",
+    "open_image",
+    "read_file",
+    "resolve_path",
+]
+
+
+def open_image(repo: Repository, name: str, platform: str | None = None) -> ImageEntry:
+    """The newest image record ``name`` (one platform: the given one, or the only/first one)."""
+    record_id, record = repo.find_record(name)
+    if record.type != "image":
+        raise UsageError(f"record {name!r} is a {record.type}, not an image")
+    try:
+        body = ImageBody.from_cbor(record.body)
+    except FormatError as exc:
+        raise CorruptMetadata(f"record {record_id.short} is invalid: {exc}") from exc
+    if platform is None:
+        return body.images[0]
+    for image in body.images:
+        if image.platform == platform:
+            return image
+    have = ", ".join(str(i.platform) for i in body.images)
+    raise UsageError(f"{name} has no platform {platform!r}; it has: {have}")
+
+
+def _tree(repo: Repository, tree_id: Digest) -> Tree:
+    try:
+        return decode_tree(repo.load_blob(tree_id))
+    except FormatError as exc:
+        raise CorruptMetadata(f"tree {tree_id.short} is invalid: {exc}") from exc
+
+
+def _components(path: str) -> list[bytes]:
+    parts = [p for p in path.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise UsageError("paths inside an image may not contain '..'")
+    return parts
+
+
+def resolve_path(repo: Repository, root: Digest, path: str) -> Node | None:
+    """The node at ``path`` (None for the root itself); ``MissingObject`` if absent."""
+    node: Node | None = None
+    tree_id = root
+    for i, name in enumerate(parts := _components(path)):
+        found = _tree(repo, tree_id).lookup(name)
+        if found is None:
+            raise MissingObject(f"no {path!r} in this image")
+        node = found
+        if i < len(parts) - 1:
+            if found.type is not NodeType.DIRECTORY or found.tree is None:
+                raise MissingObject(
+                    f"{b'/'.join(parts[: i + 1]).decode(errors='replace')} is not a directory"
+                )
+            tree_id = found.tree
+    return node
+
+
+def list_path(repo: Repository, root: Digest, path: str) -> list[Node]:
+    """The entries of the directory at ``path`` (or the single node when it is not one)."""
+    node = resolve_path(repo, root, path)
+    if node is None:
+        return list(_tree(repo, root))
+    if node.type is NodeType.DIRECTORY and node.tree is not None:
+        return list(_tree(repo, node.tree))
+    return [node]
+
+
+def file_chunks(repo: Repository, node: Node) -> list[ChunkRef]:
+    """A regular file's chunks in order."""
+    if node.type is NodeType.SYMLINK:
+        target = node.target.decode(errors="replace")
+        raise UsageError(
+            f"{node.name.decode(errors='replace')} is a symlink to {target}; give the target path"
+        )
+    if node.type is not NodeType.FILE:
+        raise UsageError(f"{node.name.decode(errors='replace')} is not a regular file")
+    if node.lists:
+        return list(read_chunk_lists(repo, StreamBody(node.size, node.lists)))
+    return list(node.chunks)
+
+
+def read_file(repo: Repository, node: Node, *, batch: int = 64) -> Iterator[bytes]:
+    """A regular file's bytes (each chunk verified), fetched in pack-grouped batches."""
+    refs = file_chunks(repo, node)
+    for i in range(0, len(refs), batch):
+        part = refs[i : i + batch]
+        got = dict(repo.load_blobs(r.id for r in part))
+        for r in part:
+            yield got[r.id]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between two images: ``kind`` is "added", "removed" or "changed"."""
+
+    kind: str
+    path: str
+
+
+def _content_key(n: Node) -> tuple[object, ...]:
+    return (n.type, n.mode, n.uid, n.gid, n.size, n.chunks, n.lists, n.target, n.dev, n.xattrs)
+
+
+def diff_images(repo: Repository, root_a: Digest, root_b: Digest) -> Iterator[Change]:
+    """Files added, removed and changed from ``root_a`` to ``root_b`` (mtime-only changes ignored)."""
+    stack: list[tuple[bytes, Digest | None, Digest | None]] = [(b"", root_a, root_b)]
+    while stack:
+        prefix, ta, tb = stack.pop()
+        if ta == tb:
+            continue
+        a = {n.name: n for n in _tree(repo, ta)} if ta is not None else {}
+        b = {n.name: n for n in _tree(repo, tb)} if tb is not None else {}
+        for name in sorted(set(a) | set(b), reverse=True):
+            path = prefix + b"/" + name
+            na, nb = a.get(name), b.get(name)
+            da = na.tree if na is not None and na.type is NodeType.DIRECTORY else None
+            db = nb.tree if nb is not None and nb.type is NodeType.DIRECTORY else None
+            text = path.decode("utf-8", "surrogateescape")
+            if na is None:
+                yield Change("added", text)
+            elif nb is None:
+                yield Change("removed", text)
+            elif da is None and db is None and _content_key(na) != _content_key(nb):
+                yield Change("changed", text)
+            elif (da is None) != (db is None):
+                yield Change("changed", text)
+            if da is not None or db is not None:
+                stack.append((path, da, db))
+
+
+def image_stats(repo: Repository, image: ImageEntry) -> dict[str, int]:
+    """Logical size (layer tars), and the unique and stored bytes of the blobs it needs."""
+    roots = [("image", [image.root, *(layer.recipe for layer in image.layers)])]
+    result = walk(roots, lambda i: [loc] if (loc := repo.lookup(i)) else [], repo.load_at)
+    unique = sum(loc.entry.raw_length for loc in result.blobs.values())
+    stored = sum(loc.entry.length for loc in result.blobs.values())
+    return {
+        "layers": len(image.layers),
+        "logical_bytes": sum(layer.tar_size for layer in image.layers),
+        "compressed_bytes": sum(layer.size for layer in image.layers),
+        "unique_bytes": unique,
+        "stored_bytes": stored,
+        "blobs": len(result.blobs),
+        "missing_blobs": len(result.missing),
+    }
