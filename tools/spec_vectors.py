@@ -19,7 +19,9 @@ from chunkstore.config import RepoConfig
 from chunkstore.pack import PackWriter
 from chunkstore.packindex import IndexedPack, IndexFile, encode_index
 from index import cbor
+from index.chunklist import ChunkRef
 from index.ids import sha256
+from index.tree import Node, NodeType, encode_tree
 
 REPO_ID = bytes(range(32))
 ENC_KEY = bytes(range(32, 64))
@@ -88,6 +90,36 @@ def main() -> None:
             mac_key_hex=MAC_KEY.hex(),
         )
     )
+    file_node = Node(
+        name=b"hello.txt",
+        type=NodeType.FILE,
+        mode=0o644,
+        uid=0,
+        gid=0,
+        mtime_ns=1_700_000_000_123_456_789,
+        size=5,
+        chunks=(ChunkRef(sha256(b"hello"), 5),),
+    )
+    dir_node = Node(
+        name=b"etc",
+        type=NodeType.DIRECTORY,
+        mode=0o755,
+        uid=0,
+        gid=0,
+        mtime_ns=0,
+        tree=sha256(b"subtree"),
+    )
+    link_node = Node(
+        name=b"link",
+        type=NodeType.SYMLINK,
+        mode=0o777,
+        uid=0,
+        gid=0,
+        mtime_ns=0,
+        target=b"hello.txt",
+    )
+    tree = encode_tree([file_node, dir_node, link_node])
+    out.append(block("tree-blob", cbor_hex=tree.hex(), nodes="etc hello.txt link"))
     table = Path(__file__).resolve().parent.parent / "tests" / "data" / "chunker_vector.txt"
     rows = [line.split() for line in table.read_text().splitlines() if not line.startswith("#")]
     digest = hashlib.sha256("".join(f"{o} {n} {h}\n" for o, n, h in rows).encode()).hexdigest()

@@ -17,6 +17,7 @@ from chunkstore.packindex import IndexedPack, IndexFile, decode_index, encode_in
 from index import cbor
 from index.chunklist import ChunkRef, decode_chunk_list, encode_chunk_list
 from index.ids import Digest, sha256
+from index.tree import decode_tree, encode_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "SPEC.md").read_text()
@@ -43,6 +44,7 @@ EXPECTED = {
     "blob-sealed",
     "key-file",
     "chunker-fastcdc",
+    "tree-blob",
 }
 
 
@@ -156,3 +158,13 @@ def test_chunker_golden_table() -> None:
     assert hashlib.sha256("".join(r + "\n" for r in rows).encode()).hexdigest() == v["table_sha256"]
     table = (ROOT / "tests" / "data" / "chunker_vector.txt").read_text().splitlines()
     assert [r for r in table if not r.startswith("#")] == rows
+
+
+def test_tree_blob() -> None:
+    v = VECTORS["tree-blob"]
+    raw = bytes.fromhex(v["cbor_hex"])
+    tree = decode_tree(raw)
+    assert [n.name.decode() for n in tree] == v["nodes"].split()
+    hello = tree.lookup(b"hello.txt")
+    assert hello is not None and hello.chunks[0].id == sha256(b"hello")
+    assert encode_tree(list(tree)) == raw
