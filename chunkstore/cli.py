@@ -335,7 +335,7 @@ def key_add(c: _Ctx) -> None:
 )
 @pass_ctx
 def backup(c: _Ctx, source: str, tag: str, platform: str | None) -> None:
-    """Back up an image (oci:DIR[:REF]) under the name TAG."""
+    """Back up an image (oci:DIR[:REF], docker-archive:FILE[:REF] or dir:PATH) as TAG."""
     with c.open() as repo, c.bytes_progress(None, tag) as tick, api.locked(repo, exclusive=False):
         result = backup_image(repo, source, tag, platform=platform, progress=tick)
     info = {
@@ -358,11 +358,35 @@ def backup(c: _Ctx, source: str, tag: str, platform: str | None) -> None:
 @main.command()
 @click.argument("name")
 @click.argument("target")
+@click.option("--platform", help="The platform to restore (docker-archive: and dir: take one).")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory / over a file.")
+@click.option(
+    "--allow-special", is_flag=True, help="dir: create device nodes and keep setuid (root only)."
+)
+@click.option("--no-preserve-owner", is_flag=True, help="dir: do not restore uid/gid.")
 @pass_ctx
-def restore(c: _Ctx, name: str, target: str) -> None:
-    """Restore image record NAME into TARGET (oci:DIR[:REF])."""
+def restore(
+    c: _Ctx,
+    name: str,
+    target: str,
+    platform: str | None,
+    force: bool,
+    allow_special: bool,
+    no_preserve_owner: bool,
+) -> None:
+    """Restore image NAME into TARGET: oci:DIR[:REF], docker-archive:FILE[:TAG] or dir:PATH."""
     with c.open() as repo:
-        result = restore_image(repo, name, target)
+        result = restore_image(
+            repo,
+            name,
+            target,
+            platform=platform,
+            force=force,
+            allow_special=allow_special,
+            preserve_owner=not no_preserve_owner,
+        )
+    for item in result.skipped:
+        click.echo(f"chunkstore: skipped: {item}", err=True)
     for note in result.notes:
         click.echo(f"chunkstore: note: {note}", err=True)
     info = {
@@ -370,6 +394,7 @@ def restore(c: _Ctx, name: str, target: str) -> None:
         "layers": result.layers,
         "exact_layers": result.exact_layers,
         "manifest_rewritten": result.manifest_rewritten,
+        "skipped": result.skipped,
     }
     c.emit(
         info,

@@ -31,6 +31,7 @@ from index.ids import Digest
 __all__ = [
     "BATCH_BYTES",
     "ChunkStorer",
+    "Pending",
     "StoreStats",
     "iter_stream",
     "read_chunk_lists",
@@ -52,11 +53,39 @@ class StoreStats:
     stored_bytes: int = 0
 
 
+class Pending:
+    """A stream handed to :meth:`ChunkStorer.submit` whose chunks may still be in the workers.
+
+    ``size`` is known at once (the stream was read); ``refs`` (or the ``emit`` callback given to
+    ``submit``) fill in submission order as the workers' batches are finished, and ``done``
+    turns true when every chunk of the stream has been added to the repository.
+    """
+
+    __slots__ = ("_emit", "_outstanding", "_sealed", "refs", "size")
+
+    def __init__(self, emit: Callable[[ChunkRef], None] | None) -> None:
+        """A handle whose refs go to ``emit``, or to ``refs`` when it is None."""
+        self.size = 0
+        self.refs: list[ChunkRef] = []
+        self._emit = emit if emit is not None else self.refs.append
+        self._outstanding = 0
+        self._sealed = False
+
+    @property
+    def done(self) -> bool:
+        """Whether all chunks of the stream are stored and their refs emitted."""
+        return self._sealed and self._outstanding == 0
+
+
 class ChunkStorer:
     """Stores streams as deduplicated chunks with a pool of worker threads (a context manager).
 
     One storer serves any number of streams one after another (all files of a layer), so the
-    pool and the chunker's buffer are set up once.
+    pool and the chunker's buffer are set up once. :meth:`submit` chunks a stream and returns
+    without waiting for the workers: the chunks of consecutive small files share batches of
+    about BATCH_BYTES, so the workers hash and compress while the caller reads on. Batches are
+    finished (``add_prepared``, refs emitted) strictly in submission order, so the repository
+    sees the same blob order as with one stream at a time. :meth:`store` is the synchronous form.
     """
 
     def __init__(
@@ -73,21 +102,27 @@ class ChunkStorer:
         self._chunker = Chunker(repo.config.chunker)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="chunkstore")
         self.stats = StoreStats()
+        # The batch being filled: chunks, and the handle each belongs to.
+        self._batch: list[bytes] = []
+        self._owners: list[Pending] = []
+        self._batch_bytes = 0
+        self._inflight: deque[
+            tuple[Future[list[StoredBlob | Digest]], list[int], list[Pending]]
+        ] = deque()
 
     def __enter__(self) -> ChunkStorer:
         """Use as a context manager."""
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop the workers."""
+        """Stop the workers (work not yet drained is dropped)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.discard()
 
     def _prepare(self, batch: list[bytes]) -> list[StoredBlob | Digest]:
         return [self._repo.prepare_blob(BlobType.DATA, chunk) for chunk in batch]
 
-    def _finish(
-        self, prepared: StoredBlob | Digest, size: int, emit: Callable[[ChunkRef], None]
-    ) -> None:
+    def _finish(self, prepared: StoredBlob | Digest, size: int, owner: Pending) -> None:
         stats = self.stats
         new = self._repo.add_prepared(prepared)
         blob_id = prepared if isinstance(prepared, Digest) else prepared.id
@@ -96,41 +131,92 @@ class ChunkStorer:
             stats.new_chunks += 1
             stats.new_bytes += size
             stats.stored_bytes += len(prepared.data)
-        emit(ChunkRef(blob_id, size))
+        owner._emit(ChunkRef(blob_id, size))
+        owner._outstanding -= 1
         if self._progress is not None:
             self._progress(size)
+
+    def _send(self) -> None:
+        """Hand the batch being filled to the workers."""
+        batch, owners = self._batch, self._owners
+        self._batch, self._owners, self._batch_bytes = [], [], 0
+        self._inflight.append(
+            (self._pool.submit(self._prepare, batch), [len(c) for c in batch], owners)
+        )
+
+    def _complete_one(self) -> None:
+        """Wait for the oldest in-flight batch and finish its chunks in order."""
+        fut, sizes, owners = self._inflight.popleft()
+        for prepared, size, owner in zip(fut.result(), sizes, owners, strict=True):
+            self._finish(prepared, size, owner)
+
+    def poll(self) -> None:
+        """Finish the in-flight batches that are already done (in order), without waiting."""
+        while self._inflight and self._inflight[0][0].done():
+            self._complete_one()
+
+    def submit(self, stream: BinaryIO, emit: Callable[[ChunkRef], None] | None = None) -> Pending:
+        """Chunk ``stream`` (read to its end now) and queue its chunks; returns its handle.
+
+        The chunks' refs go to ``emit`` (or the handle's ``refs``) in order as batches complete,
+        during this or later calls of :meth:`submit`, :meth:`poll`, :meth:`wait` or
+        :meth:`drain`. At most ``2 * workers + 1`` batches are in flight (bounded memory).
+        """
+        handle = Pending(emit)
+        total = 0
+        limit = 2 * self._workers
+        for chunk in self._chunker.chunks(stream):
+            n = len(chunk)
+            total += n
+            self._batch.append(chunk)
+            self._owners.append(handle)
+            handle._outstanding += 1
+            self._batch_bytes += n
+            if self._batch_bytes >= BATCH_BYTES:
+                self._send()
+                while len(self._inflight) > limit:
+                    self._complete_one()
+                self.poll()
+        handle.size = total
+        handle._sealed = True
+        self.stats.bytes_in += total
+        return handle
+
+    def wait(self, handle: Pending) -> None:
+        """Finish batches in order until ``handle`` is done (sending a partial batch if need be)."""
+        while not handle.done:
+            if not self._inflight:
+                if not self._batch:
+                    raise AssertionError("pending stream has no queued chunks")  # invariant
+                self._send()
+            self._complete_one()
+
+    def drain(self) -> None:
+        """Send the partial batch and finish everything in flight, in order."""
+        if self._batch:
+            self._send()
+        while self._inflight:
+            self._complete_one()
+
+    def discard(self) -> None:
+        """Drop queued and in-flight batches (after a failure); their handles never complete.
+
+        Nothing reaches the repository for them: workers only hash and encode, and blobs are
+        added in the main thread when a batch is finished.
+        """
+        for fut, _, _ in self._inflight:
+            fut.cancel()
+        self._inflight.clear()
+        self._batch, self._owners, self._batch_bytes = [], [], 0
 
     def store(self, stream: BinaryIO, emit: Callable[[ChunkRef], None]) -> int:
         """Chunk and store ``stream``; ``emit`` gets each chunk's ref in order. Returns the size.
 
-        Chunks go to the workers in batches of about BATCH_BYTES, so per-task overhead (futures,
-        thread hand-offs) stays small next to hashing and compressing a batch; a small file is
-        one batch.
+        Waits until the stream's chunks (and those of streams submitted before) are stored.
         """
-        inflight: deque[tuple[Future[list[StoredBlob | Digest]], list[int]]] = deque()
-        batch: list[bytes] = []
-        batch_bytes = total = 0
-
-        def drain() -> None:
-            fut, sizes = inflight.popleft()
-            for prepared, size in zip(fut.result(), sizes, strict=True):
-                self._finish(prepared, size, emit)
-
-        for chunk in self._chunker.chunks(stream):
-            total += len(chunk)
-            batch.append(chunk)
-            batch_bytes += len(chunk)
-            if batch_bytes >= BATCH_BYTES:
-                inflight.append((self._pool.submit(self._prepare, batch), [len(c) for c in batch]))
-                batch, batch_bytes = [], 0
-                if len(inflight) > 2 * self._workers:
-                    drain()
-        if batch:
-            inflight.append((self._pool.submit(self._prepare, batch), [len(c) for c in batch]))
-        while inflight:
-            drain()
-        self.stats.bytes_in += total
-        return total
+        handle = self.submit(stream, emit)
+        self.wait(handle)
+        return handle.size
 
 
 def store_stream(

@@ -1,6 +1,16 @@
-"""Image backup and restore: OCI layouts in, tag records out, and back.
+"""Image backup and restore: images in, tag records out, and back.
 
-Backup of one source (``oci:DIR[:REF]``), per platform image::
+Sources and targets use skopeo's transport names:
+
+=============================  ==================================================================
+``oci:DIR[:REF]``              an OCI image layout (every platform, or ``platform``'s)
+``docker-archive:FILE[:REF]``  a ``docker save`` tar (REF: one of its RepoTags, e.g. ``app:1``)
+``dir:PATH``                   backup: a root filesystem directory, stored as a one-layer image
+                               (:mod:`chunkstore.images.dirsource`); restore: the merged root
+                               file system extracted (:mod:`chunkstore.images.extract`)
+=============================  ==================================================================
+
+Backup of one image, per platform::
 
     1. read and verify the manifest and config (exact bytes kept)
     2. per layer: verified blob -> decompress (bomb-capped) -> ingest (recipe, chunks, members)
@@ -13,6 +23,13 @@ Restore of a record into ``oci:DIR[:REF]``::
     per layer: recipe -> tar (checked against diff_id) -> recompress -> blob written atomically
     (its digest: the original when reproducible, else a new one and the manifest is rewritten)
     config bytes as stored (same image ID) -> manifest -> index.json entry (written last)
+
+into ``docker-archive:FILE[:TAG]`` (one platform; the archive is written atomically)::
+
+    config bytes as stored + per layer: recipe -> uncompressed tar (its digest is the diff_id)
+
+into ``dir:PATH`` (one platform): the merged root tree is extracted; entries that cannot be
+created (device nodes without ``allow_special``) are listed in :attr:`RestoreResult.skipped`.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from typing import Any, cast
 from chunkstore.blob import BlobType
 from chunkstore.errors import CorruptMetadata, UsageError
 from chunkstore.images.compression import (
+    OCI_LAYER_TAR,
     Compression,
     Reproduction,
     find_reproduction,
@@ -36,13 +54,23 @@ from chunkstore.images.compression import (
     open_decompressed,
     recompress,
 )
+from chunkstore.images.dirsource import DirTarStream, dir_image_metadata
+from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
+from chunkstore.images.extract import extract_tree
 from chunkstore.images.ingest import IngestedMember, ingest_layer
-from chunkstore.images.oci_layout import ImageRef, OCILayout, OCILayoutWriter
+from chunkstore.images.oci_layout import (
+    OCI_MANIFEST,
+    Descriptor,
+    ImageRef,
+    OCILayout,
+    OCILayoutWriter,
+    Platform,
+)
 from chunkstore.images.rebuild import rebuild_layer
 from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
-from index.errors import FormatError
+from index.errors import FormatError, Malformed
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
@@ -50,7 +78,18 @@ from index.overlay import LayerEntry, Overlay
 from index.record import Record
 from index.tree import NodeType
 
-__all__ = ["BackupResult", "RestoreResult", "backup_image", "parse_source", "restore_image"]
+__all__ = [
+    "TRANSPORTS",
+    "BackupResult",
+    "RestoreResult",
+    "backup_image",
+    "parse_source",
+    "restore_image",
+]
+
+#: The image locations understood, in skopeo's transport syntax.
+TRANSPORTS = ("oci", "docker-archive", "dir")
+_USAGE = "use oci:DIR[:REF], docker-archive:FILE[:REF] or dir:PATH"
 
 _TYPES = {
     b"0": NodeType.FILE,
@@ -66,14 +105,20 @@ _TYPES = {
 
 
 def parse_source(text: str) -> tuple[str, Path, str | None]:
-    """Split ``oci:DIR[:REF]`` into (transport, path, ref)."""
+    """Split an image location into (transport, path, ref); see :data:`TRANSPORTS`.
+
+    ``oci:DIR[:REF]`` and ``docker-archive:FILE[:REF]`` split at the first ``:`` after the path
+    (a docker reference such as ``app:1.0`` keeps its own colon); ``dir:PATH`` takes the whole
+    rest as the path (ref is always None).
+    """
     transport, sep, rest = text.partition(":")
-    if not sep or transport != "oci" or not rest:
-        raise UsageError(
-            f"unsupported image location {text!r:.100}; use oci:DIR[:REF] "
-            "(docker-archive: and dir: are planned)"
-        )
+    if not sep or transport not in TRANSPORTS or not rest:
+        raise UsageError(f"unsupported image location {text!r:.100}; {_USAGE}")
+    if transport == "dir":
+        return transport, Path(rest), None
     path, sep, ref = rest.partition(":")
+    if not path:
+        raise UsageError(f"image location {text!r:.100} names no path; {_USAGE}")
     return transport, Path(path), (ref or None) if sep else None
 
 
@@ -125,15 +170,35 @@ def backup_image(
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> BackupResult:
-    """Back up the image(s) at ``source`` under the record name ``tag``."""
-    _, path, ref = parse_source(source)
-    layout = OCILayout(path)
-    images = layout.resolve(ref, platform)
+    """Back up the image(s) at ``source`` under the record name ``tag``.
+
+    ``source`` is ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]`` or ``dir:PATH`` (see the
+    module docstring). ``platform`` selects one platform of an OCI index; for a docker archive it
+    must match the image's; for a directory it is the platform written into the generated config
+    (default: this machine's).
+    """
+    transport, path, ref = parse_source(source)
     entries: list[ImageEntry] = []
-    result = BackupResult(record_id=sha256(b""), images=len(images), layers=0)
+    result = BackupResult(record_id=sha256(b""), images=0, layers=0)
     with ChunkStorer(repo, workers=workers, progress=progress) as storer:
-        for image in images:
-            entries.append(_backup_one(repo, layout, image, storer, result))
+        if transport == "oci":
+            layout = OCILayout(path)
+            for image in layout.resolve(ref, platform):
+                entries.append(
+                    _backup_one(repo, image, layout.open_blob, _layout_head(layout), storer, result)
+                )
+        elif transport == "docker-archive":
+            with DockerArchive(path) as archive:
+                image = archive.resolve(ref)
+                _check_platform(image, platform, source)
+                entries.append(
+                    _backup_one(
+                        repo, image, archive.open_blob, _stream_head(archive), storer, result
+                    )
+                )
+        else:
+            entries.append(_backup_dir(repo, path, platform, storer, result))
+        result.images = len(entries)
         result.new_bytes = storer.stats.new_bytes
         result.stored_bytes = storer.stats.stored_bytes
     body = ImageBody(source=source, images=tuple(entries))
@@ -142,10 +207,104 @@ def backup_image(
     return result
 
 
+_OpenBlob = Callable[[Descriptor], Any]
+_ReadHead = Callable[[Descriptor], bytes]
+
+
+def _layout_head(layout: OCILayout) -> _ReadHead:
+    def head(desc: Descriptor) -> bytes:
+        if desc.size <= 1 << 20:
+            return layout.read_blob(desc, 1 << 20)
+        with open(layout.blob_path(desc.digest), "rb") as f:
+            return f.read(1 << 20)
+
+    return head
+
+
+def _stream_head(archive: DockerArchive) -> _ReadHead:
+    def head(desc: Descriptor) -> bytes:
+        with archive.open_blob(desc) as blob:
+            return _read_up_to(blob, 1 << 20)
+
+    return head
+
+
+def _read_up_to(f: Any, n: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0 and (piece := f.read(n)):
+        parts.append(piece)
+        n -= len(piece)
+    return b"".join(parts)
+
+
+def _check_platform(image: ImageRef, platform: str | None, source: str) -> None:
+    if platform is None:
+        return
+    wanted = Platform.parse(platform)
+    if image.platform is None or not image.platform.matches(wanted):
+        raise UsageError(
+            f"{source:.200} holds an image for {image.platform or 'an unknown platform'}, "
+            f"not {wanted}"
+        )
+
+
+def _apply(overlay: Overlay, members: Iterable[IngestedMember], what: str) -> None:
+    try:
+        overlay.apply_layer(e for m in members if (e := _layer_entry(m)) is not None)
+    except Malformed as exc:
+        raise UsageError(f"{what} cannot be merged into the image's file system: {exc}") from None
+
+
+def _backup_dir(
+    repo: Repository,
+    path: Path,
+    platform: str | None,
+    storer: ChunkStorer,
+    result: BackupResult,
+) -> ImageEntry:
+    """A directory as a one-layer image: deterministic tar -> ingest -> generated config."""
+    plat = Platform.parse(platform) if platform is not None else None
+    source = DirTarStream(path)
+    try:
+        layer = ingest_layer(repo, source, storer=storer)  # type: ignore[arg-type]
+    finally:
+        source.close()
+    for item in source.skipped:
+        result.notes.append(f"not archived: {item}")
+    config, manifest = dir_image_metadata(layer.diff_id, layer.size, plat)
+    overlay = Overlay()
+    _apply(overlay, layer.members, f"directory {path}")
+    root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)
+    result.layers += 1
+    result.reproducible_layers += 1
+    result.tar_bytes += layer.size
+    doc = json.loads(config)
+    return ImageEntry(
+        manifest=manifest,
+        manifest_media_type=OCI_MANIFEST,
+        config=config,
+        platform=str(Platform.from_json(doc, "generated config")),
+        root=root,
+        layers=(
+            LayerRecord(
+                digest=str(layer.diff_id),
+                media_type=OCI_LAYER_TAR,
+                size=layer.size,
+                diff_id=str(layer.diff_id),
+                tar_size=layer.size,
+                recipe=layer.recipe,
+                compression="none",
+                reproduce=None,
+            ),
+        ),
+    )
+
+
 def _backup_one(
     repo: Repository,
-    layout: OCILayout,
     image: ImageRef,
+    open_blob: _OpenBlob,
+    read_head: _ReadHead,
     storer: ChunkStorer,
     result: BackupResult,
 ) -> ImageEntry:
@@ -160,7 +319,7 @@ def _backup_one(
         )
     for desc, want_diff in zip(image.layers, diff_ids, strict=True):
         compression = layer_compression(desc.media_type)
-        with layout.open_blob(desc) as blob:
+        with open_blob(desc) as blob:
             tar = open_decompressed(blob, compression)
             layer = ingest_layer(repo, tar, storer=storer)
         if str(layer.diff_id) != want_diff:
@@ -170,19 +329,17 @@ def _backup_one(
             )
         reproduction = None
         if compression != "none":
-            prefix = (
-                layout.read_blob(desc, 1 << 20) if desc.size <= 1 << 20 else _head(layout, desc)
-            )
+            prefix = read_head(desc)
 
             def reopen(d: Any = desc, c: Any = compression) -> Any:
-                return open_decompressed(layout.open_blob(d), c)
+                return open_decompressed(open_blob(d), c)
 
             reproduction = find_reproduction(
                 reopen, desc.digest, desc.size, compression, compressed_prefix=prefix
             )
         if reproduction is not None or compression == "none":
             result.reproducible_layers += 1
-        overlay.apply_layer(e for m in layer.members if (e := _layer_entry(m)) is not None)
+        _apply(overlay, layer.members, f"layer {desc.digest}")
         layers.append(
             LayerRecord(
                 digest=str(desc.digest),
@@ -206,11 +363,6 @@ def _backup_one(
         root=root,
         layers=tuple(layers),
     )
-
-
-def _head(layout: OCILayout, desc: Any) -> bytes:
-    with open(layout.blob_path(desc.digest), "rb") as f:
-        return f.read(1 << 20)
 
 
 class _IterStream:
@@ -245,11 +397,33 @@ class RestoreResult:
     exact_layers: int = 0
     manifest_rewritten: bool = False
     notes: list[str] = field(default_factory=list)
+    #: ``dir:`` targets: entries not created, as ``"path: reason"`` (also summarised in notes).
+    skipped: list[str] = field(default_factory=list)
 
 
-def restore_image(repo: Repository, name: str, target: str) -> RestoreResult:
-    """Restore the newest image record ``name`` into ``oci:DIR[:REF]`` (REF defaults to NAME)."""
-    _, path, ref = parse_source(target)
+_NOTE_LIMIT = 20
+
+
+def restore_image(
+    repo: Repository,
+    name: str,
+    target: str,
+    *,
+    platform: str | None = None,
+    force: bool = False,
+    allow_special: bool = False,
+    preserve_owner: bool = True,
+) -> RestoreResult:
+    """Restore the newest image record ``name`` into ``target``.
+
+    ``target`` is ``oci:DIR[:REF]`` (REF defaults to NAME; every platform), or one platform
+    (``platform``, needed when the record holds several) into ``docker-archive:FILE[:TAG]``
+    (TAG defaults to ``NAME:latest``; an existing FILE is replaced only with ``force``) or
+    ``dir:PATH`` (the merged root file system; PATH must be empty unless ``force``; see
+    :func:`chunkstore.images.extract.extract_tree` for ``allow_special`` and
+    ``preserve_owner``).
+    """
+    transport, path, ref = parse_source(target)
     record_id, record = repo.find_record(name)
     if record.type != "image":
         raise UsageError(f"record {name!r} is a {record.type}, not an image")
@@ -257,6 +431,79 @@ def restore_image(repo: Repository, name: str, target: str) -> RestoreResult:
         body = ImageBody.from_cbor(record.body)
     except FormatError as exc:
         raise CorruptMetadata(f"record {record_id.short} is invalid: {exc}") from exc
+    if transport == "oci":
+        return _restore_oci(repo, body, path, ref or name)
+    image = _pick_image(body, platform, target)
+    if transport == "docker-archive":
+        return _restore_docker_archive(repo, image, path, ref, name, force)
+    result = RestoreResult(images=1)
+    extracted = extract_tree(
+        repo,
+        image.root,
+        path,
+        force=force,
+        allow_special=allow_special,
+        preserve_owner=preserve_owner,
+    )
+    result.skipped = extracted.skipped
+    for what, items in (
+        ("entries were not created", extracted.skipped),
+        ("attributes were not restored", extracted.warnings),
+    ):
+        if items:
+            shown = "; ".join(items[:_NOTE_LIMIT])
+            more = f"; and {len(items) - _NOTE_LIMIT} more" if len(items) > _NOTE_LIMIT else ""
+            result.notes.append(f"{len(items)} {what}: {shown}{more}")
+    return result
+
+
+def _pick_image(body: ImageBody, platform: str | None, target: str) -> ImageEntry:
+    platforms = [i.platform or "unknown" for i in body.images]
+    if platform is None:
+        if len(body.images) == 1:
+            return body.images[0]
+        raise UsageError(
+            f"the record holds {len(body.images)} images ({', '.join(platforms)}); "
+            f"{target:.100} takes one: choose a platform"
+        )
+    wanted = Platform.parse(platform)
+    for image in body.images:
+        if image.platform is not None and Platform.parse(image.platform).matches(wanted):
+            return image
+    raise UsageError(f"the record has no image for {wanted}; it has {', '.join(platforms)}")
+
+
+def _restore_docker_archive(
+    repo: Repository,
+    image: ImageEntry,
+    path: Path,
+    ref: str | None,
+    name: str,
+    force: bool,
+) -> RestoreResult:
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; docker-archive: needs a file name")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; choose another file (or force to replace it)")
+    tag = ref or name
+    if ":" not in tag.rsplit("/", 1)[-1]:
+        tag += ":latest"
+    layers: list[tuple[Digest, Iterable[bytes]]] = [
+        (Digest.parse(layer.diff_id), rebuild_layer(repo, layer.recipe)) for layer in image.layers
+    ]
+    write_docker_archive(path, image.config, layers, [tag])
+    result = RestoreResult(images=1, layers=len(layers))
+    result.exact_layers = sum(1 for layer in image.layers if layer.compression == "none")
+    if result.exact_layers != len(layers):
+        result.manifest_rewritten = True
+        result.notes.append(
+            "a docker archive holds uncompressed layers, so its manifest differs from the "
+            "original (the config, hence the image ID, is unchanged)"
+        )
+    return result
+
+
+def _restore_oci(repo: Repository, body: ImageBody, path: Path, ref: str) -> RestoreResult:
     writer = OCILayoutWriter(path)
     result = RestoreResult()
     for image in body.images:
@@ -296,7 +543,7 @@ def restore_image(repo: Repository, name: str, target: str) -> RestoreResult:
                 "the manifest was rewritten with the new layer digests (diff_ids and the image "
                 "config, hence the image ID, are unchanged)"
             )
-        writer.add_manifest(manifest, image.manifest_media_type, ref or name, image.platform)
+        writer.add_manifest(manifest, image.manifest_media_type, ref, image.platform)
     return result
 
 

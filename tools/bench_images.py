@@ -1,0 +1,871 @@
+#!/usr/bin/env python3
+"""Image benchmark: ``chunkstore backup``/``restore`` of the Debian corpus against restic and borg.
+
+Targets (the image issue), all measured in one run on the corpus built by ``tools/build_corpus``:
+
+* backup throughput >= 2x ``restic backup`` of the same images' root filesystems;
+* repository size on disk after all backups <= restic's;
+* backing up ``bookworm-python3-rebuilt`` after ``bookworm-python3`` stores at most 3% of its
+  layer's compressed size (the same figure is printed for restic and borg);
+* restore throughput >= 2x ``restic restore latest --target DIR`` (per snapshot);
+* peak RSS of every chunkstore run <= 250 MB.
+
+Usage::
+
+    .venv/bin/python tools/bench_images.py [--corpus DIR] [--images REF ...] [--out DIR]
+                                           [--json] [--keep] [--no-borg] [--warm] [--max-wait S]
+
+What it does:
+
+1. Reads the OCI layout ``CORPUS/oci`` and, for every selected image, its layers: compressed size
+   and uncompressed tar size (each distinct layer blob is decompressed once, untimed).
+2. Unpacks every image's root filesystem once into its own directory under a temporary work
+   directory (``CORPUS/rootfs/NAME.tar`` extracted the way ``tools/build_corpus`` fills a bundle,
+   i.e. without ``/dev``; ``bookworm-python3-layered`` is ``bookworm-python3``'s tree; images
+   without a tarball are unpacked with ``umoci unpack``). Its size is the sum of the sizes of its
+   regular files (hard links once).
+3. For each tool, in a fresh repository and cache: backs up the images one by one in the order
+   given (``bookworm-python3-rebuilt`` right after ``bookworm-python3`` by default):
+   ``chunkstore backup oci:CORPUS/oci:REF -t REF``; ``restic backup --tag REF DIR`` (repository
+   format 2, compression auto, always encrypted) and ``borg create --compression zstd,3
+   REPO::REF DIR`` (encryption none), one snapshot/archive per image directory. The repository's
+   size on disk is taken after each backup (bytes newly stored = its growth). Then restores every
+   image into a fresh directory: ``chunkstore restore REF oci:DIR:REF``, ``restic restore latest
+   --tag REF --target DIR``, ``borg extract REPO::REF`` (restic's and borg's trees are checked
+   against the source tree's file count and bytes).
+   Before every timed run the page cache is dropped (root only; otherwise the inputs are read
+   once so every run starts warm) and the benchmark waits (at most ``--max-wait`` s in all) for
+   the rest of the machine to go quiet; peak RSS and CPU time come from ``/usr/bin/time``.
+4. Prints a table per tool and phase (wall seconds, MB/s, CPU seconds, peak RSS, repository size,
+   ratios to restic), a per-image table, and PASS/MISS for each target; ``--json`` also writes
+   ``OUT/bench_images.json``.
+
+Throughput: chunkstore's is MB of uncompressed layer tar per second, restic's and borg's MB of
+root-filesystem file bytes per second (the two differ by the tar headers, about 3-5%). Ratios of
+throughput are "tool MB/s / restic MB/s". Units: MB = 10**6 bytes, MiB = 2**20 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_store import (
+    ROOT,
+    Measured,
+    PageCache,
+    _version,
+    base_env,
+    chunkstore_binary,
+    disk_usage,
+    git_revision,
+    library_versions,
+    machine_info,
+    run_checked,
+    run_measured,
+    wait_for_quiet,
+)
+
+MB = 10**6
+DEFAULT_CORPUS = Path(os.environ.get("CORPUS_DIR", "/var/tmp/chunkstore-corpus"))
+PASSWORD = "bench-images-password"
+
+# Targets of the issue.
+TARGET_THROUGHPUT_RATIO = 2.0
+TARGET_REBUILT_FRACTION = 0.03
+TARGET_RSS_BYTES = 250 * MB
+
+# Default order: the rebuilt image right after the image it rebuilds.
+PREFERRED_ORDER = [
+    "bookworm-minbase",
+    "bookworm-python3",
+    "bookworm-python3-rebuilt",
+    "bookworm-python3-point",
+    "bookworm-python3-layered",
+    "trixie-minbase",
+]
+REBUILT, REBUILT_BASE = "bookworm-python3-rebuilt", "bookworm-python3"
+# Images whose root filesystem is another corpus tarball's tree.
+ROOTFS_OF = {"bookworm-python3-layered": "bookworm-python3"}
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+
+def log(msg: str) -> None:
+    print(f"bench_images: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Image:
+    ref: str
+    layers: list[dict[str, Any]]  # digest, size (compressed), media_type, tar_bytes
+    rootfs_source: str = ""  # the tarball (or "umoci unpack") the tree came from
+    rootfs_dir: str = ""
+    rootfs_bytes: int = 0
+    rootfs_files: int = 0
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(la["size"] for la in self.layers)
+
+    @property
+    def tar_bytes(self) -> int:
+        return sum(la["tar_bytes"] for la in self.layers)
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algo, _, hexd = digest.partition(":")
+    return layout / "blobs" / algo / hexd
+
+
+def read_layout(layout: Path) -> dict[str, dict[str, Any]]:
+    """ref -> manifest of the single-platform images in an OCI layout."""
+    index = json.loads((layout / "index.json").read_text())
+    out = {}
+    for desc in index.get("manifests", []):
+        ref = desc.get("annotations", {}).get(REF_ANNOTATION)
+        if ref:
+            out[ref] = json.loads(_blob(layout, desc["digest"]).read_text())
+    return out
+
+
+def uncompressed_size(path: Path, media_type: str) -> int:
+    """Bytes of the layer tar inside a (gzip, zstd or plain) layer blob."""
+    total = 0
+    with open(path, "rb") as f:
+        if media_type.endswith("+zstd"):
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+            while chunk := reader.read(1 << 20):
+                total += len(chunk)
+            return total
+        if not media_type.endswith("+gzip"):
+            return os.fstat(f.fileno()).st_size
+        d = zlib.decompressobj(wbits=31)
+        while chunk := f.read(1 << 20):
+            while chunk:
+                total += len(d.decompress(chunk))
+                if d.eof:  # concatenated gzip members
+                    chunk = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                else:
+                    chunk = b""
+        total += len(d.flush())
+    return total
+
+
+def load_images(corpus: Path, wanted: list[str] | None) -> list[Image]:
+    layout = corpus / "oci"
+    manifests = read_layout(layout)
+    if wanted:
+        refs = []
+        for name in wanted:
+            matches = [r for r in manifests if r == name] or [
+                r for r in manifests if r.endswith("-" + name) or r == f"bookworm-{name}"
+            ]
+            if len(matches) != 1:
+                raise SystemExit(
+                    f"bench_images: --images {name!r} matches {matches or 'nothing'} "
+                    f"(refs in the corpus: {', '.join(sorted(manifests))})"
+                )
+            if matches[0] not in refs:
+                refs.append(matches[0])
+    else:
+        refs = [r for r in PREFERRED_ORDER if r in manifests]
+        refs += sorted(r for r in manifests if r not in refs)
+    sizes: dict[str, int] = {}
+    images = []
+    for ref in refs:
+        layers = []
+        for la in manifests[ref].get("layers", []):
+            digest = la["digest"]
+            if digest not in sizes:
+                sizes[digest] = uncompressed_size(_blob(layout, digest), la["mediaType"])
+            layers.append(
+                {
+                    "digest": digest,
+                    "size": la["size"],
+                    "media_type": la["mediaType"],
+                    "tar_bytes": sizes[digest],
+                }
+            )
+        images.append(Image(ref=ref, layers=layers))
+    return images
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(regular files, their bytes) under ``path``; hard links counted once."""
+    seen: set[tuple[int, int]] = set()
+    files = total = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not (st.st_mode & 0o170000 == 0o100000):
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            files += 1
+            total += st.st_size
+    return files, total
+
+
+def unpack_rootfs(corpus: Path, image: Image, dest: Path) -> None:
+    """The image's root filesystem, once, into ``dest``."""
+    env = dict(os.environ)
+    name = ROOTFS_OF.get(image.ref, image.ref)
+    tar = corpus / "rootfs" / f"{name}.tar"
+    if tar.exists():
+        dest.mkdir(parents=True)
+        cmd = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tar)]
+        run_checked([*cmd, "-C", str(dest), "--exclude=./dev/*"], env)
+        image.rootfs_source = str(tar)
+        image.rootfs_dir = str(dest)
+    else:
+        bundle = dest.with_name(dest.name + "-bundle")
+        run_checked(
+            ["umoci", "unpack", "--image", f"{corpus / 'oci'}:{image.ref}", str(bundle)], env
+        )
+        image.rootfs_source = "umoci unpack"
+        image.rootfs_dir = str(bundle / "rootfs")
+    image.rootfs_files, image.rootfs_bytes = tree_size(Path(image.rootfs_dir))
+
+
+# ----------------------------------------------------------------------------- page cache
+
+
+class Cache:
+    """Cold page cache before every timed run if we may drop it, else warm inputs."""
+
+    def __init__(self, force_warm: bool) -> None:
+        self.mode = "warm" if force_warm else ("cold" if PageCache._drop() else "warm")
+        self.reason = (
+            "--warm given"
+            if force_warm
+            else "page cache dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
+            if self.mode == "cold"
+            else "cannot drop the page cache (not root?): inputs are read once before every run"
+        )
+
+    def prepare(self, inputs: list[Path]) -> None:
+        if self.mode == "cold":
+            if not PageCache._drop():
+                raise RuntimeError("dropping the page cache stopped working")
+            return
+        os.sync()
+        buf = bytearray(1 << 20)
+        for top in inputs:
+            for dirpath, _dirs, names in os.walk(top):
+                for name in names:
+                    p = os.path.join(dirpath, name)
+                    if os.path.isfile(p) and not os.path.islink(p):
+                        with open(p, "rb", buffering=0) as f:
+                            while f.readinto(buf):
+                                pass
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+@dataclass
+class Run:
+    image: str
+    phase: str  # "backup" or "restore"
+    seconds: float
+    bytes: int  # tar bytes (chunkstore) or rootfs bytes (restic, borg)
+    cpu_s: float
+    rss_kib: int
+    other_cpu_s: float
+    repo_bytes: int = 0  # after the run (backups)
+    added_bytes: int = 0  # repository growth (backups)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ToolResult:
+    key: str
+    label: str
+    version: str
+    units: str  # what "bytes" counts
+    runs: list[Run] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def phase(self, phase: str) -> list[Run]:
+        return [r for r in self.runs if r.phase == phase]
+
+
+class Tool:
+    key = ""
+    label = ""
+    units = ""
+
+    def __init__(self, work: Path) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.key}-", dir=work))
+        self.repo = self.dir / "repo"
+        self.cache = self.dir / "cache"
+        self.cache.mkdir()
+        self.env = base_env(self.dir)
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup_cmd(self, image: Image) -> list[str]:
+        raise NotImplementedError
+
+    def backup_inputs(self, image: Image, corpus: Path) -> list[Path]:
+        return [Path(image.rootfs_dir)]
+
+    def image_bytes(self, image: Image) -> int:
+        return image.rootfs_bytes
+
+    def restore_cmd(self, image: Image, target: Path) -> list[str]:
+        raise NotImplementedError
+
+    def check_restore(self, image: Image, target: Path) -> str | None:
+        """An error message if the restored tree differs from the source tree."""
+        restored = target / image.rootfs_dir.lstrip("/")
+        if not restored.is_dir():
+            return f"{restored} missing after restore"
+        got = tree_size(restored)
+        want = (image.rootfs_files, image.rootfs_bytes)
+        if got != want:
+            return f"restored {got[0]} files / {got[1]} bytes, source has {want[0]} / {want[1]}"
+        return None
+
+    def details(self, m: Measured) -> dict[str, Any]:
+        return {}
+
+
+class ChunkstoreTool(Tool):
+    key = "chunkstore"
+    label = "chunkstore (plain, zstd-3)"
+    units = "layer tar bytes"
+
+    def __init__(self, work: Path, binary: str, corpus: Path) -> None:
+        super().__init__(work)
+        self.bin = binary
+        self.layout = corpus / "oci"
+        self.env["CHUNKSTORE_CACHE"] = str(self.cache)
+        self.base = [binary, "--json", "-r", str(self.repo)]
+
+    def version(self) -> str:
+        return _version([self.bin, "--version"])
+
+    def init(self) -> None:
+        run_checked([*self.base, "init"], self.env)
+
+    def backup_cmd(self, image: Image) -> list[str]:
+        return [*self.base, "backup", f"oci:{self.layout}:{image.ref}", "-t", image.ref]
+
+    def backup_inputs(self, image: Image, corpus: Path) -> list[Path]:
+        return [_blob(self.layout, la["digest"]) for la in image.layers]
+
+    def image_bytes(self, image: Image) -> int:
+        return image.tar_bytes
+
+    def restore_cmd(self, image: Image, target: Path) -> list[str]:
+        return [*self.base, "restore", image.ref, f"oci:{target}:{image.ref}"]
+
+    def check_restore(self, image: Image, target: Path) -> str | None:
+        try:
+            refs = read_layout(target)
+        except (OSError, ValueError) as exc:
+            return f"restored layout unreadable: {exc}"
+        if image.ref not in refs:
+            return f"restored layout has refs {sorted(refs)}, not {image.ref}"
+        return None
+
+    def details(self, m: Measured) -> dict[str, Any]:
+        with contextlib.suppress(ValueError):
+            info = json.loads(m.stdout)
+            if isinstance(info, dict):
+                return {k: v for k, v in info.items() if k not in ("id",)}
+        return {}
+
+
+class ResticTool(Tool):
+    key = "restic"
+    label = "restic (repo v2, compression auto)"
+    units = "rootfs bytes"
+
+    def __init__(self, work: Path, binary: str) -> None:
+        super().__init__(work)
+        self.bin = binary
+        self.env["RESTIC_PASSWORD"] = PASSWORD
+        self.base = [binary, "-r", str(self.repo), "--cache-dir", str(self.cache)]
+
+    def version(self) -> str:
+        return _version([self.bin, "version"])
+
+    def init(self) -> None:
+        run_checked([*self.base, "init", "--repository-version", "2"], self.env)
+
+    def backup_cmd(self, image: Image) -> list[str]:
+        return [
+            *self.base, "backup", "--json", "--host", "bench", "--tag", image.ref, image.rootfs_dir,
+        ]  # fmt: skip
+
+    def restore_cmd(self, image: Image, target: Path) -> list[str]:
+        return [
+            *self.base, "restore", "latest", "--host", "bench", "--tag", image.ref,
+            "--target", str(target),
+        ]  # fmt: skip
+
+    def details(self, m: Measured) -> dict[str, Any]:
+        for line in reversed(m.stdout.splitlines()):
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line)
+                if isinstance(msg, dict) and msg.get("message_type") == "summary":
+                    keys = ("data_added", "total_bytes_processed", "files_new", "total_duration")
+                    return {k: msg[k] for k in keys if k in msg}
+        return {}
+
+
+class BorgTool(Tool):
+    key = "borg"
+    label = "borg (zstd,3, encryption none)"
+    units = "rootfs bytes"
+
+    def __init__(self, work: Path, binary: str) -> None:
+        super().__init__(work)
+        self.bin = binary
+        self.env.update(
+            {
+                "BORG_BASE_DIR": str(self.cache),
+                "BORG_PASSPHRASE": PASSWORD,
+                "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+            }
+        )
+
+    def version(self) -> str:
+        return _version([self.bin, "--version"])
+
+    def init(self) -> None:
+        run_checked([self.bin, "init", "--encryption", "none", str(self.repo)], self.env)
+
+    def backup_cmd(self, image: Image) -> list[str]:
+        return [
+            self.bin, "create", "--json", "--compression", "zstd,3",
+            f"{self.repo}::{image.ref}", image.rootfs_dir,
+        ]  # fmt: skip
+
+    def restore_cmd(self, image: Image, target: Path) -> list[str]:
+        # borg extracts into the current directory.
+        return ["env", "-C", str(target), self.bin, "extract", f"{self.repo}::{image.ref}"]
+
+    def details(self, m: Measured) -> dict[str, Any]:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return dict(json.loads(m.stdout)["archive"]["stats"])
+        return {}
+
+
+def measure_tool(
+    tool: Tool, images: list[Image], corpus: Path, cache: Cache, quiet: list[float]
+) -> ToolResult:
+    res = ToolResult(tool.key, tool.label, tool.version(), tool.units)
+    tool.init()
+    os.sync()
+    before = disk_usage(tool.repo)
+    for image in images:
+        cache.prepare(tool.backup_inputs(image, corpus))
+        wait_for_quiet(quiet)
+        log(f"{tool.key}: backup {image.ref}")
+        m = run_measured(tool.backup_cmd(image), tool.env)
+        if m.returncode != 0:
+            msg = f"backup {image.ref} failed ({m.returncode}): {m.stderr.strip()[-2000:]}"
+            log(f"{tool.key}: {msg}")
+            res.failures.append(msg)
+            continue
+        os.sync()
+        after = disk_usage(tool.repo)
+        res.runs.append(_run(image, "backup", tool.image_bytes(image), m, tool.details(m)))
+        res.runs[-1].repo_bytes, res.runs[-1].added_bytes = after, after - before
+        if m.stderr.strip():
+            res.runs[-1].details["stderr"] = m.stderr.strip()[-1000:]
+        before = after
+    backed_up = {r.image for r in res.phase("backup")}
+    for image in images:
+        if image.ref not in backed_up:
+            continue
+        target = tool.dir / f"restore-{image.ref}"
+        target.mkdir()
+        cache.prepare([tool.repo])
+        wait_for_quiet(quiet)
+        log(f"{tool.key}: restore {image.ref}")
+        m = run_measured(tool.restore_cmd(image, target), tool.env)
+        if m.returncode != 0:
+            msg = f"restore {image.ref} failed ({m.returncode}): {m.stderr.strip()[-2000:]}"
+            log(f"{tool.key}: {msg}")
+            res.failures.append(msg)
+        else:
+            run = _run(image, "restore", tool.image_bytes(image), m, tool.details(m))
+            if m.stderr.strip():
+                run.details["stderr"] = m.stderr.strip()[-1000:]
+            problem = tool.check_restore(image, target)
+            if problem:
+                log(f"{tool.key}: restore {image.ref}: {problem}")
+                res.failures.append(f"restore {image.ref}: {problem}")
+            res.runs.append(run)
+        shutil.rmtree(target, ignore_errors=True)
+    return res
+
+
+def _run(image: Image, phase: str, nbytes: int, m: Measured, details: dict[str, Any]) -> Run:
+    return Run(
+        image=image.ref,
+        phase=phase,
+        seconds=m.seconds,
+        bytes=nbytes,
+        cpu_s=m.user_s + m.sys_s,
+        rss_kib=m.rss_kib,
+        other_cpu_s=m.other_cpu_s,
+        details={**details, "steal_s": m.steal_s, "rss_source": m.rss_source},
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def summarize(tools: list[ToolResult]) -> list[dict[str, Any]]:
+    """One row per tool and phase, with ratios to restic."""
+    rows = []
+    for t in tools:
+        for phase in ("backup", "restore"):
+            runs = t.phase(phase)
+            if not runs:
+                continue
+            seconds = sum(r.seconds for r in runs)
+            nbytes = sum(r.bytes for r in runs)
+            backups = t.phase("backup")
+            rows.append(
+                {
+                    "key": t.key,
+                    "label": t.label,
+                    "phase": phase,
+                    "images": len(runs),
+                    "seconds": seconds,
+                    "bytes": nbytes,
+                    "mb_s": nbytes / MB / seconds,
+                    "cpu_s": sum(r.cpu_s for r in runs),
+                    "rss_mb": max(r.rss_kib for r in runs) * 1024 / MB,
+                    "repo_bytes": backups[-1].repo_bytes if backups else 0,
+                    "other_cpu_s": sum(r.other_cpu_s for r in runs),
+                }
+            )
+    base = {r["phase"]: r for r in rows if r["key"] == "restic"}
+    for r in rows:
+        b = base.get(r["phase"])
+        r["throughput_vs_restic"] = r["mb_s"] / b["mb_s"] if b else None
+        r["rss_vs_restic"] = r["rss_mb"] / b["rss_mb"] if b and b["rss_mb"] else None
+        r["repo_vs_restic"] = r["repo_bytes"] / b["repo_bytes"] if b and b["repo_bytes"] else None
+    return rows
+
+
+def rebuilt_figures(tools: list[ToolResult], images: list[Image]) -> dict[str, Any] | None:
+    """Bytes each tool newly stored for the rebuilt image backed up after its original."""
+    refs = [i.ref for i in images]
+    if REBUILT not in refs or REBUILT_BASE not in refs:
+        return None
+    if refs.index(REBUILT_BASE) > refs.index(REBUILT):
+        return None
+    layer = next(i for i in images if i.ref == REBUILT).compressed_bytes
+    out: dict[str, Any] = {"compressed_layer_bytes": layer, "tools": {}}
+    for t in tools:
+        run = next((r for r in t.phase("backup") if r.image == REBUILT), None)
+        if run is None:
+            continue
+        reported = run.details.get("stored_bytes", run.details.get("data_added"))
+        if reported is None:
+            reported = run.details.get("deduplicated_size")
+        out["tools"][t.key] = {
+            "added_bytes": run.added_bytes,
+            "fraction": run.added_bytes / layer,
+            "reported_bytes": reported,
+        }
+    return out
+
+
+def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = {(r["key"], r["phase"]): r for r in result["rows"]}
+    targets = []
+    for phase in ("backup", "restore"):
+        r = rows.get(("chunkstore", phase))
+        if r and r["throughput_vs_restic"] is not None:
+            ratio = r["throughput_vs_restic"]
+            targets.append(
+                {
+                    "name": f"{phase} throughput >= {TARGET_THROUGHPUT_RATIO:g}x restic {phase}",
+                    "value": f"{ratio:.2f}x ({r['mb_s']:.1f} vs "
+                    f"{rows[('restic', phase)]['mb_s']:.1f} MB/s)",
+                    "ok": ratio >= TARGET_THROUGHPUT_RATIO,
+                }
+            )
+    r = rows.get(("chunkstore", "backup"))
+    b = rows.get(("restic", "backup"))
+    if r and b:
+        targets.append(
+            {
+                "name": "repository size <= restic's",
+                "value": f"{r['repo_bytes'] / MB:.1f} MB vs {b['repo_bytes'] / MB:.1f} MB "
+                f"({r['repo_vs_restic']:.2f}x)",
+                "ok": r["repo_bytes"] <= b["repo_bytes"],
+            }
+        )
+    rb = result.get("rebuilt")
+    if rb and "chunkstore" in rb["tools"]:
+        c = rb["tools"]["chunkstore"]
+        value = (
+            f"{c['added_bytes'] / MB:.3f} MB = {c['fraction']:.2%} of "
+            f"{rb['compressed_layer_bytes'] / MB:.1f} MB"
+        )
+        if "restic" in rb["tools"]:
+            rr = rb["tools"]["restic"]
+            value += f" (restic {rr['added_bytes'] / MB:.3f} MB = {rr['fraction']:.2%})"
+        targets.append(
+            {
+                "name": f"{REBUILT} after {REBUILT_BASE} adds <= 3% of its compressed layer",
+                "value": value,
+                "ok": c["fraction"] <= TARGET_REBUILT_FRACTION,
+            }
+        )
+    cs = [r for r in result["rows"] if r["key"] == "chunkstore"]
+    if cs:
+        worst = max(cs, key=lambda r: r["rss_mb"])
+        targets.append(
+            {
+                "name": "peak RSS of chunkstore <= 250 MB (every backup and restore)",
+                "value": f"{worst['rss_mb']:.1f} MB ({worst['phase']})",
+                "ok": worst["rss_mb"] * MB <= TARGET_RSS_BYTES,
+            }
+        )
+    for t in targets:
+        t["verdict"] = "PASS" if t["ok"] else "MISS"
+    return targets
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"bench_images: {len(result['images'])} images from {result['corpus']}; {m['cpus']} CPUs "
+        f"({m['cpu']}), {m['memory_gib']} GiB RAM, kernel {m['kernel']}, Python {m['python']}",
+        f"chunkstore {result['git']}; "
+        + ", ".join(f"{k} {v}" for k, v in result["libraries"].items() if k != "chunkstore"),
+    ]
+    for t in result["tools"]:
+        lines.append(f"  {t['key']}: {t['version']} ({t['label']}; throughput in {t['units']})")
+    lines.append(f"page cache: {result['page_cache']['mode']} ({result['page_cache']['reason']})")
+    if result["waited_s"] >= 1:
+        lines.append(f"waited {result['waited_s']:.0f} s in all for other processes to go quiet")
+    lines.append("")
+    head = f"{'image':<26} {'layers':>6} {'gz MB':>8} {'tar MB':>8} {'rootfs MB':>9} {'files':>6}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for i in result["images"]:
+        lines.append(
+            f"{i['ref']:<26} {len(i['layers']):>6} {sum(la['size'] for la in i['layers']) / MB:>8.1f} "
+            f"{sum(la['tar_bytes'] for la in i['layers']) / MB:>8.1f} {i['rootfs_bytes'] / MB:>9.1f} "
+            f"{i['rootfs_files']:>6}"
+        )
+    lines.append("")
+    head = (
+        f"{'tool':<36} {'phase':<7} {'seconds':>8} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7} "
+        f"{'repo MB':>8} {'MB/s vs':>8} {'repo vs':>8} {'RSS vs':>7} {'other CPU':>9}"
+    )
+    lines.append(head)
+    lines.append(f"{'':<36} {'':<7} {'':>8} {'':>7} {'':>7} {'':>7} {'':>8} "
+                 f"{'restic':>8} {'restic':>8} {'restic':>7} {'s':>9}")  # fmt: skip
+    lines.append("-" * len(head))
+    for r in result["rows"]:
+        repo = f"{r['repo_bytes'] / MB:.1f}" if r["phase"] == "backup" else "-"
+        repo_vs = _x(r["repo_vs_restic"]) if r["phase"] == "backup" else "-"
+        lines.append(
+            f"{r['label']:<36} {r['phase']:<7} {r['seconds']:>8.2f} {r['mb_s']:>7.1f} "
+            f"{r['cpu_s']:>7.1f} {r['rss_mb']:>7.1f} {repo:>8} {_x(r['throughput_vs_restic']):>8} "
+            f"{repo_vs:>8} {_x(r['rss_vs_restic']):>7} {r['other_cpu_s']:>9.1f}"
+        )
+    lines.append(
+        "seconds and MB/s over all images (chunkstore: layer tar bytes, restic/borg: rootfs file "
+        "bytes);\nRSS = the largest peak of any run; repo = size on disk after all backups; "
+        "other CPU s = CPU time other processes used meanwhile (noise)"
+    )
+    lines.append("")
+    keys = [t["key"] for t in result["tools"]]
+    head = f"{'per image':<26} " + " ".join(
+        f"{k + ' backup s':>18} {'+MB':>8} {'restore s':>9}" for k in keys
+    )
+    lines.append(head)
+    lines.append("-" * len(head))
+    per: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for t in result["tools"]:
+        for r in t["runs"]:
+            per[(t["key"], r["image"], r["phase"])] = r
+    for i in result["images"]:
+        cells = []
+        for k in keys:
+            b, rs = per.get((k, i["ref"], "backup")), per.get((k, i["ref"], "restore"))
+            bs = f"{b['seconds']:.2f}" if b else "failed"
+            added = f"{b['added_bytes'] / MB:.2f}" if b else "-"
+            rss = f"{rs['seconds']:.2f}" if rs else "failed"
+            cells.append(f"{bs:>18} {added:>8} {rss:>9}")
+        lines.append(f"{i['ref']:<26} " + " ".join(cells))
+    lines.append("+MB = repository growth on disk from that backup (bytes newly stored)")
+    rb = result.get("rebuilt")
+    if rb:
+        lines.append("")
+        lines.append(
+            f"{REBUILT} backed up after {REBUILT_BASE} (compressed layer "
+            f"{rb['compressed_layer_bytes']} bytes):"
+        )
+        for k, v in rb["tools"].items():
+            lines.append(
+                f"  {k:<11} repository grew {v['added_bytes']:>10} bytes = {v['fraction']:7.3%} "
+                f"of the layer (the tool reports {v['reported_bytes']} bytes stored)"
+            )
+    lines.append("")
+    lines.append("targets:")
+    for t in result["targets"]:
+        lines.append(f"  {t['verdict']:<4}  {t['name']:<66} {t['value']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus directory")
+    ap.add_argument(
+        "--images",
+        nargs="+",
+        metavar="REF",
+        help="a subset of the corpus refs, in this order (commas also separate; a unique "
+        "suffix such as 'minbase' or 'python3-rebuilt' is enough)",
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out", help="working/output dir")
+    ap.add_argument("--json", action="store_true", help="also write OUT/bench_images.json")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-borg", dest="borg", action="store_false", help="skip borg")
+    ap.add_argument("--warm", action="store_true", help="warm page cache instead of dropping it")
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=120,
+        help="seconds to wait in all for other processes to go quiet before runs (120)",
+    )
+    args = ap.parse_args(argv)
+    corpus: Path = args.corpus.resolve()
+    if not (corpus / "oci" / "index.json").is_file():
+        print(
+            f"bench_images: SKIPPED: no corpus at {corpus} (no oci/index.json); build it with "
+            f"tools/build_corpus {corpus} (needs root and network), or pass --corpus DIR",
+            file=sys.stderr,
+        )
+        return 0
+    wanted = None
+    if args.images:
+        wanted = [n for arg in args.images for n in arg.split(",") if n]
+
+    started = time.perf_counter()
+    cs_bin = chunkstore_binary()
+    log("reading the corpus (decompressing each layer once to size it)")
+    images = load_images(corpus, wanted)
+    if not images:
+        print(f"bench_images: SKIPPED: the corpus at {corpus} has no images", file=sys.stderr)
+        return 0
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-images-", dir=out))
+    tools: list[ToolResult] = []
+    failures: list[str] = []
+    cache = Cache(args.warm)
+    quiet = [float(args.max_wait)]
+    try:
+        for image in images:
+            log(f"unpacking the root filesystem of {image.ref}")
+            unpack_rootfs(corpus, image, work / "rootfs" / image.ref)
+        log(f"page cache: {cache.mode}")
+        candidates: list[Tool] = [ChunkstoreTool(work, cs_bin, corpus)]
+        restic = shutil.which("restic")
+        if restic:
+            candidates.append(ResticTool(work, restic))
+        else:
+            log("restic is not installed: no baseline, no ratios")
+        borg = shutil.which("borg")
+        if args.borg and borg:
+            candidates.append(BorgTool(work, borg))
+        elif args.borg:
+            log("borg is not installed: skipping it")
+        for tool in candidates:
+            try:
+                tr = measure_tool(tool, images, corpus, cache, quiet)
+            except RuntimeError as exc:
+                log(f"{tool.key} FAILED: {exc}")
+                failures.append(f"{tool.key}: {exc}")
+                continue
+            finally:
+                if not args.keep:
+                    shutil.rmtree(tool.dir, ignore_errors=True)
+            tools.append(tr)
+            failures += [f"{tr.key}: {f}" for f in tr.failures]
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": git_revision(),
+        "machine": machine_info(),
+        "libraries": library_versions(),
+        "corpus": str(corpus),
+        "images": [
+            {**asdict(i), "compressed_bytes": i.compressed_bytes, "tar_bytes": i.tar_bytes}
+            for i in images
+        ],
+        "page_cache": {"mode": cache.mode, "reason": cache.reason},
+        "tools": [asdict(t) for t in tools],
+        "rows": summarize(tools),
+        "rebuilt": rebuilt_figures(tools, images),
+        "failures": failures,
+        "waited_s": args.max_wait - max(quiet[0], 0.0),
+    }
+    result["targets"] = evaluate(result)
+    result["total_seconds"] = time.perf_counter() - started
+    print(render(result))
+    for failure in failures:
+        print(f"FAILED {failure}")
+    print(f"\n(total benchmark time {result['total_seconds']:.0f} s)")
+    if args.json:
+        path = out / "bench_images.json"
+        path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        log(f"wrote {path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
