@@ -52,6 +52,7 @@ _GLOBAL_KEYS = frozenset(
     {b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime", b"uname", b"gname"}
 )
 _MAX_DIGITS = 30
+_HIGH_BYTES = bytes(range(128, 256))
 _META_TYPES = frozenset({b"x", b"g", b"L", b"K", b"X"})
 
 
@@ -155,7 +156,7 @@ def _parse_number(field_: bytes, what: str) -> int:
     text = field_.split(b"\x00", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not all(0x30 <= c <= 0x37 for c in text):
+    if text.translate(None, b"01234567"):
         raise TarError(f"tar header field {what} is not octal: {text[:24]!r}")
     return int(text, 8)
 
@@ -168,8 +169,11 @@ def _checksum_ok(block: bytes) -> bool:
         return False
     blanked = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(blanked)
-    signed = sum(b - 256 if b > 127 else b for b in blanked)
-    return want in (unsigned, signed)
+    if want == unsigned:
+        return True
+    # Some old tars summed signed bytes: the same sum minus 256 per byte above 127.
+    high = len(blanked) - len(blanked.translate(None, _HIGH_BYTES))
+    return want == unsigned - 256 * high
 
 
 def _cstr(data: bytes) -> bytes:
