@@ -22,12 +22,11 @@ from chunkstore.backends import open_backend
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
-from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.errors import UsageError
 from chunkstore.lock import acquire_lock
 from chunkstore.repository import PasswordSource, Repository
 from chunkstore.streams import StoreStats, iter_stream, store_stream
 from index.chunklist import StreamBody
-from index.errors import FormatError
 from index.ids import Digest
 from index.record import Record
 
@@ -103,13 +102,7 @@ def put(
 
 def get(repo: Repository, name: str, out: BinaryIO) -> int:
     """Write the newest stream record ``name`` to ``out``; returns bytes written."""
-    record_id, record = repo.find_record(name)
-    if record.type != "stream":
-        raise UsageError(f"record {name!r} is a {record.type}, not a stream")
-    try:
-        body = StreamBody.from_cbor(record.body)
-    except FormatError as exc:
-        raise CorruptMetadata(f"record {record_id.short} body is invalid: {exc}") from exc
+    _, body = repo.find_body(name, "stream", StreamBody.from_cbor)
     n = 0
     for data in iter_stream(repo, body):
         out.write(data)

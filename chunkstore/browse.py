@@ -35,13 +35,7 @@ __all__ = [
 
 def open_image(repo: Repository, name: str, platform: str | None = None) -> ImageEntry:
     """The newest image record ``name`` (one platform: the given one, or the only/first one)."""
-    record_id, record = repo.find_record(name)
-    if record.type != "image":
-        raise UsageError(f"record {name!r} is a {record.type}, not an image")
-    try:
-        body = ImageBody.from_cbor(record.body)
-    except FormatError as exc:
-        raise CorruptMetadata(f"record {record_id.short} is invalid: {exc}") from exc
+    _, body = repo.find_body(name, "image", ImageBody.from_cbor)
     if platform is None:
         return body.images[0]
     for image in body.images:

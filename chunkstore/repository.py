@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from chunkstore import crypto
 from chunkstore.backends.base import Backend, FileType, Handle
@@ -64,6 +64,7 @@ PasswordSource = bytes | Callable[[], bytes] | None
 INDEX_ROTATE_BLOBS = 50_000
 _MAX_INDEX_STORED = 256 * 1024 * 1024
 _Key = tuple[BlobType, Digest]
+_T = TypeVar("_T")
 
 
 class LockCheck(Protocol):
@@ -561,6 +562,16 @@ class Repository:
         if not named:
             raise MissingObject(f"no record named {name!r}; 'chunkstore ls' lists them")
         return named[-1]
+
+    def find_body(self, name: str, type_: str, decode: Callable[[Any], _T]) -> tuple[Digest, _T]:
+        """The newest record ``name``, which must be of ``type_``, with its body decoded."""
+        record_id, record = self.find_record(name)
+        if record.type != type_:
+            raise UsageError(f"record {name!r} is a {record.type}, not a {type_}")
+        try:
+            return record_id, decode(record.body)
+        except FormatError as exc:
+            raise CorruptMetadata(f"record {record_id.short} body is invalid: {exc}") from exc
 
     def remove_record(self, record_id: Digest) -> None:
         """Delete a record (its data stays until ``prune``)."""

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from chunkstore.blob import BlobType
-from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.errors import UsageError
 from chunkstore.images.compression import (
     OCI_LAYER_TAR,
     Compression,
@@ -70,7 +70,7 @@ from chunkstore.images.rebuild import rebuild_layer
 from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
-from index.errors import FormatError, Malformed
+from index.errors import Malformed
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
@@ -424,13 +424,7 @@ def restore_image(
     ``preserve_owner``).
     """
     transport, path, ref = parse_source(target)
-    record_id, record = repo.find_record(name)
-    if record.type != "image":
-        raise UsageError(f"record {name!r} is a {record.type}, not an image")
-    try:
-        body = ImageBody.from_cbor(record.body)
-    except FormatError as exc:
-        raise CorruptMetadata(f"record {record_id.short} is invalid: {exc}") from exc
+    _, body = repo.find_body(name, "image", ImageBody.from_cbor)
     if transport == "oci":
         return _restore_oci(repo, body, path, ref or name)
     image = _pick_image(body, platform, target)
