@@ -66,11 +66,11 @@ from chunkstore.images.oci_layout import (
     OCILayoutWriter,
     Platform,
 )
-from chunkstore.images.rebuild import rebuild_layer
+from chunkstore.images.rebuild import rebuild_layer, recipe_members
 from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
-from index.errors import Malformed
+from index.errors import FormatError, Malformed
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
@@ -158,6 +158,7 @@ class BackupResult:
     new_bytes: int = 0
     stored_bytes: int = 0
     reproducible_layers: int = 0
+    reused_layers: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -248,6 +249,23 @@ def _check_platform(image: ImageRef, platform: str | None, source: str) -> None:
         )
 
 
+def _known_layers(repo: Repository) -> dict[tuple[str, int], LayerRecord]:
+    """Layers of every image record, by (compressed digest, size): the ones not to ingest again."""
+    known: dict[tuple[str, int], LayerRecord] = {}
+    for _, record in repo.list_records():
+        if record.type != "image":
+            continue
+        try:
+            body = ImageBody.from_cbor(record.body)
+        except FormatError:
+            continue  # a damaged record is reported by check; it is simply not reused here
+        for image in body.images:
+            for layer in image.layers:
+                if repo.has_blob(layer.recipe):
+                    known.setdefault((layer.digest, layer.size), layer)
+    return known
+
+
 def _apply(overlay: Overlay, members: Iterable[IngestedMember], what: str) -> None:
     try:
         overlay.apply_layer(e for m in members if (e := _layer_entry(m)) is not None)
@@ -317,8 +335,21 @@ def _backup_one(
             f"image {image.manifest_digest.short}: config lists {len(diff_ids)} diff_ids for "
             f"{len(image.layers)} layers"
         )
+    known = _known_layers(repo)
     for desc, want_diff in zip(image.layers, diff_ids, strict=True):
         compression = layer_compression(desc.media_type)
+        previous = known.get((str(desc.digest), desc.size))
+        if previous is not None and previous.diff_id == want_diff:
+            # The same layer blob is already stored under another record: its recipe and chunks
+            # are reused, and only its headers are read back (from the recipe) for the tree.
+            _apply(overlay, recipe_members(repo, previous.recipe), f"layer {desc.digest}")
+            layers.append(previous)
+            result.layers += 1
+            result.reused_layers += 1
+            result.tar_bytes += previous.tar_size
+            if previous.reproduce is not None or compression == "none":
+                result.reproducible_layers += 1
+            continue
         with open_blob(desc) as blob:
             tar = open_decompressed(blob, compression)
             layer = ingest_layer(repo, tar, storer=storer)

@@ -15,6 +15,9 @@ import hashlib
 from collections.abc import Iterator
 
 from chunkstore.errors import CorruptMetadata
+from chunkstore.images.ingest import IngestedMember
+from chunkstore.images.tarstream import Raw as TarRaw
+from chunkstore.images.tarstream import TarReader
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
@@ -22,7 +25,7 @@ from index.errors import FormatError
 from index.ids import Digest
 from index.recipe import Content, ContentLists, Raw, RecipeRoot, decode_part
 
-__all__ = ["load_recipe", "rebuild_layer"]
+__all__ = ["load_recipe", "rebuild_layer", "recipe_members"]
 
 _BATCH_BYTES = 8 << 20
 
@@ -95,3 +98,67 @@ def rebuild_layer(repo: Repository, recipe_id: Digest) -> Iterator[bytes]:
             f"layer rebuilt from recipe {recipe_id.short} does not match its diff_id "
             f"{root.diff_id}; run 'chunkstore check --read-data'"
         )
+
+
+class _SkeletonStream:
+    """The layer tar with every content byte replaced by zeros, built from recipe operations.
+
+    Header blocks are exact, so a tar reader lists the same members; no chunk is fetched.
+    """
+
+    def __init__(self, ops: Iterator[Raw | Content | ContentLists]) -> None:
+        self._ops = ops
+        self._buf = b""
+        self._zeros = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._zeros:
+                take = self._zeros if n < 0 else min(self._zeros, n - len(out))
+                out += bytes(take)
+                self._zeros -= take
+                continue
+            if self._buf:
+                take = len(self._buf) if n < 0 else min(len(self._buf), n - len(out))
+                out += self._buf[:take]
+                self._buf = self._buf[take:]
+                continue
+            op = next(self._ops, None)
+            if op is None:
+                break
+            if isinstance(op, Raw):
+                self._buf = op.data
+            else:
+                self._zeros = op.size
+        return bytes(out)
+
+
+def recipe_members(repo: Repository, recipe_id: Digest) -> list[IngestedMember]:
+    """The members of a stored layer (with their chunks), read from its recipe alone.
+
+    Used when a layer blob is already in the repository: the merged tree needs the members, and
+    re-reading them from the recipe's header bytes is far cheaper than decompressing and chunking
+    the layer again.
+    """
+    root = load_recipe(repo, recipe_id)
+    ops = list(_ops(repo, root))
+    # The k-th member with content owns the k-th content operation (ingest writes exactly one).
+    contents = iter([op for op in ops if not isinstance(op, Raw)])
+    members: list[IngestedMember] = []
+    for event in TarReader(_SkeletonStream(iter(ops))):  # type: ignore[arg-type]
+        if isinstance(event, TarRaw):
+            continue
+        if event.content is None:
+            members.append(IngestedMember(event.entry))
+            continue
+        while event.content.read(1 << 20):
+            pass
+        op = next(contents, None)
+        if op is None or op.size != event.entry.data_size:
+            raise CorruptMetadata(f"layer recipe {recipe_id.short}: content does not match headers")
+        if isinstance(op, Content):
+            members.append(IngestedMember(event.entry, chunks=op.chunks))
+        else:
+            members.append(IngestedMember(event.entry, lists=op.lists))
+    return members

@@ -169,3 +169,33 @@ def test_real_debian_image_round_trip(tmp_path: Path) -> None:
             check=True,
             capture_output=True,
         )
+
+
+def test_known_layer_is_reused_not_ingested_again(tmp_path: Path) -> None:
+    base = layer_tar({"etc/a": b"a" * 3000, "usr/lib/x": bytes(range(256)) * 40, "empty": b""})
+    top = layer_tar({"app/b": b"b" * 100}, whiteouts=("etc/.wh.a",))
+    write_image(tmp_path / "src", "base", [base])
+    write_image(tmp_path / "src", "app", [base, top])
+    repo = new_repo(tmp_path)
+    first = backup_image(repo, f"oci:{tmp_path / 'src'}:base", "base")
+    assert first.reused_layers == 0
+    written = repo.stats["bytes_written"]
+    second = backup_image(repo, f"oci:{tmp_path / 'src'}:app", "app")
+    assert second.reused_layers == 1 and second.layers == 2
+    again = backup_image(repo, f"oci:{tmp_path / 'src'}:app", "app-again")
+    assert again.reused_layers == 2 and again.new_bytes == 0
+    from chunkstore.browse import list_path, open_image
+
+    app = open_image(repo, "app")
+    assert app.root == open_image(repo, "app-again").root
+    names = {n.name for n in list_path(repo, app.root, "/")}
+    assert names == {b"app", b"etc", b"usr", b"empty"}
+    assert list_path(repo, app.root, "/etc") == []  # the whiteout removed etc/a
+    assert repo.stats["bytes_written"] > written
+    restore_image(repo, "app-again", f"oci:{tmp_path / 'out'}:app")
+    (a,), (b,) = (
+        OCILayout(tmp_path / "src").resolve("app"),
+        OCILayout(tmp_path / "out").resolve("app"),
+    )
+    assert a.manifest_bytes == b.manifest_bytes
+    repo.close()
