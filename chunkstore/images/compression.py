@@ -19,7 +19,9 @@ import hashlib
 import io
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -418,6 +420,54 @@ def _gzip_chunks(stream: Readable, level: int, mem_level: int, header: bytes) ->
     yield comp.flush() + struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
+_PARALLEL_BLOCK = 1 << 20
+
+
+def _deflate_block(block: bytes, level: int, last: bool) -> bytes:
+    comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, 0)
+    return comp.compress(block) + comp.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+
+def _parallel_gzip_chunks(stream: Readable, level: int, workers: int = 2) -> Iterator[bytes]:
+    """One gzip member whose deflate stream is made of independently compressed 1 MiB blocks.
+
+    Each block but the last ends with a full flush (byte-aligned, no back-references across it),
+    so the blocks can be compressed in parallel threads (zlib releases the GIL) and concatenated,
+    as ``pigz -i`` does. The output is deterministic; it is used only where the original
+    compressor could not be reproduced anyway.
+    """
+    yield _DEFAULT_GZIP_HEADER
+    crc = size = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkstore-gzip") as pool:
+        pending: deque[Future[bytes]] = deque()
+        block = _read_exact_block(stream, _PARALLEL_BLOCK)
+        while block:
+            following = _read_exact_block(stream, _PARALLEL_BLOCK)
+            crc = zlib.crc32(block, crc)
+            size += len(block)
+            pending.append(pool.submit(_deflate_block, block, level, not following))
+            while len(pending) > 2 * workers:
+                yield pending.popleft().result()
+            block = following
+        if not size:
+            pending.append(pool.submit(_deflate_block, b"", level, True))
+        while pending:
+            yield pending.popleft().result()
+    yield struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def _read_exact_block(stream: Readable, n: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
 def _zstd_chunks(
     stream: Readable, level: int, checksum: bool, content_size: int | None
 ) -> Iterator[bytes]:
@@ -436,8 +486,9 @@ def recompress(
 ) -> Iterator[bytes]:
     """Compressed bytes of ``stream``: exact when ``reproduction`` is given, else the defaults.
 
-    Defaults: gzip level 6 with a neutral header (mtime 0, OS unknown), zstd level 3 without
-    checksum or content size. ``none`` passes the bytes through.
+    Defaults: gzip level 6 with a neutral header (mtime 0, OS unknown), compressed in parallel
+    1 MiB blocks (see :func:`_parallel_gzip_chunks`); zstd level 3 without checksum or content
+    size. ``none`` passes the bytes through.
     """
     if reproduction is not None and reproduction.compression != compression:
         raise UsageError(
@@ -447,7 +498,7 @@ def recompress(
         return _read_chunks(stream)
     if compression == "gzip":
         if reproduction is None:
-            return _gzip_chunks(stream, 6, 8, _DEFAULT_GZIP_HEADER)
+            return _parallel_gzip_chunks(stream, 6)
         return _gzip_chunks(stream, reproduction.level, reproduction.mem_level, reproduction.header)
     if compression == "zstd":
         if reproduction is None:
