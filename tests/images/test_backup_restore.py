@@ -199,3 +199,20 @@ def test_known_layer_is_reused_not_ingested_again(tmp_path: Path) -> None:
     )
     assert a.manifest_bytes == b.manifest_bytes
     repo.close()
+
+
+def test_damaged_layer_blob_records_nothing(tmp_path: Path) -> None:
+    from chunkstore.errors import IntegrityError
+
+    tar = layer_tar({"a": bytes(range(256)) * 100})
+    write_image(tmp_path / "src", "v1", [tar])
+    (desc,) = OCILayout(tmp_path / "src").resolve("v1")[0].layers
+    blob = tmp_path / "src" / "blobs" / "sha256" / desc.digest.hex
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    repo = new_repo(tmp_path)
+    with pytest.raises((IntegrityError, UsageError)):
+        backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    assert repo.list_records() == []
+    repo.close()
