@@ -21,8 +21,20 @@ from chunkstore.images.rebuild import rebuild_layer
 from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
 from index import cbor
+from index.chunklist import ChunkRef
 from index.errors import FormatError
-from index.recipe import MAX_RAW_OP, RecipeRoot, decode_part
+from index.recipe import (
+    MAX_RAW_OP,
+    Content,
+    ContentLists,
+    Raw,
+    RecipeRoot,
+    _encode_op,
+    _encode_part,
+    _op_cbor,
+    decode_part,
+)
+from tests.index.strategies import digests
 
 PARAMS = ChunkerParams(1024, 4096, 16384)
 
@@ -145,3 +157,25 @@ def test_part_decoder_rejects_bad_operations() -> None:
     for op in ([0, b""], [0, "text"], [1, 5, [[b"x", 5]]], [3, 1], [1, 4, []], [2, 3, []]):
         with pytest.raises(FormatError):
             decode_part(cbor.encode_envelope("recipe-part", 1, [op]))
+
+
+ops = st.one_of(
+    st.builds(Raw, st.binary(min_size=1, max_size=300)),
+    st.builds(
+        lambda refs: Content(sum(r.size for r in refs), tuple(refs)),
+        st.lists(st.builds(ChunkRef, digests, st.integers(1, 2**40)), max_size=30),
+    ),
+    st.builds(
+        ContentLists, st.integers(0, 2**63), st.lists(digests, min_size=1, max_size=5).map(tuple)
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ops, min_size=1, max_size=20))
+def test_fast_encoding_is_the_canonical_encoding(part: list[Raw | Content | ContentLists]) -> None:
+    encoded = [_encode_op(op) for op in part]
+    assert encoded == [cbor.encode(_op_cbor(op)) for op in part]
+    whole = _encode_part(encoded)
+    assert whole == cbor.encode_envelope("recipe-part", 1, [_op_cbor(op) for op in part])
+    assert decode_part(whole) == part
