@@ -59,6 +59,7 @@ from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
 from chunkstore.images.extract import extract_tree
 from chunkstore.images.ingest import IngestedMember, ingest_layer
 from chunkstore.images.oci_layout import (
+    MAX_MANIFEST_SIZE,
     OCI_MANIFEST,
     Descriptor,
     ImageRef,
@@ -181,13 +182,23 @@ def backup_image(
     transport, path, ref = parse_source(source)
     entries: list[ImageEntry] = []
     result = BackupResult(record_id=sha256(b""), images=0, layers=0)
+    index_bytes: bytes | None = None
+    index_media_type: str | None = None
     with ChunkStorer(repo, workers=workers, progress=progress) as storer:
         if transport == "oci":
             layout = OCILayout(path)
-            for image in layout.resolve(ref, platform):
+            images = layout.resolve(ref, platform)
+            for image in images:
                 entries.append(
                     _backup_one(repo, image, layout.open_blob, _layout_head(layout), storer, result)
                 )
+            # A multi-platform image keeps its (outermost) image index, exact, when every
+            # platform was taken: a restore then gives back the same index digest.
+            outer = {im.parents[0] for im in images if im.parents}
+            if platform is None and len(outer) == 1 and all(im.parents for im in images):
+                (index_desc,) = outer
+                index_bytes = layout.read_blob(index_desc, MAX_MANIFEST_SIZE)
+                index_media_type = index_desc.media_type
         elif transport == "docker-archive":
             with DockerArchive(path) as archive:
                 image = archive.resolve(ref)
@@ -202,7 +213,12 @@ def backup_image(
         result.images = len(entries)
         result.new_bytes = storer.stats.new_bytes
         result.stored_bytes = storer.stats.stored_bytes
-    body = ImageBody(source=source, images=tuple(entries))
+    body = ImageBody(
+        source=source,
+        images=tuple(entries),
+        index=index_bytes,
+        index_media_type=index_media_type,
+    )
     record = Record(name=tag, time_ns=time.time_ns(), type="image", body=body.to_cbor())
     result.record_id = repo.save_record(record)
     return result
@@ -531,6 +547,7 @@ def _restore_docker_archive(
 def _restore_oci(repo: Repository, body: ImageBody, path: Path, ref: str) -> RestoreResult:
     writer = OCILayoutWriter(path)
     result = RestoreResult()
+    manifests: list[tuple[bytes, ImageEntry]] = []
     for image in body.images:
         result.images += 1
         new_digests: dict[str, tuple[str, int]] = {}
@@ -568,8 +585,29 @@ def _restore_oci(repo: Repository, body: ImageBody, path: Path, ref: str) -> Res
                 "the manifest was rewritten with the new layer digests (diff_ids and the image "
                 "config, hence the image ID, are unchanged)"
             )
+        manifests.append((manifest, image))
+    if body.index is not None and body.index_media_type is not None:
+        # Give back the original image index; if a manifest had to be rewritten, point the index
+        # at the new manifest (then the index digest changes too, and the note says why).
+        renamed: dict[str, tuple[str, int]] = {}
+        for manifest, image in manifests:
+            desc = writer.add_bytes(manifest, image.manifest_media_type)
+            if manifest != image.manifest:
+                renamed[str(sha256(image.manifest))] = (str(desc.digest), desc.size)
+        index = _rewrite_index(body.index, renamed) if renamed else body.index
+        writer.add_manifest(index, body.index_media_type, ref)
+        return result
+    for manifest, image in manifests:
         writer.add_manifest(manifest, image.manifest_media_type, ref, image.platform)
     return result
+
+
+def _rewrite_index(index: bytes, new: dict[str, tuple[str, int]]) -> bytes:
+    doc = json.loads(index)
+    for entry in doc.get("manifests", []):
+        if entry.get("digest") in new:
+            entry["digest"], entry["size"] = new[entry["digest"]]
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _read_pieces(f: Any) -> Iterator[bytes]:

@@ -216,3 +216,45 @@ def test_damaged_layer_blob_records_nothing(tmp_path: Path) -> None:
         backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     assert repo.list_records() == []
     repo.close()
+
+
+def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
+    from chunkstore.images.oci_layout import OCI_INDEX
+
+    writer = OCILayoutWriter(tmp_path / "src")
+    entries = []
+    for arch in ("amd64", "arm64"):
+        tar = layer_tar({f"bin/{arch}": arch.encode() * 500})
+        layer = writer.add_bytes(zlib_gzip(tar), LAYER_GZIP)
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [str(sha256(tar))]},
+            }
+        ).encode()
+        cdesc = writer.add_bytes(config, OCI_CONFIG)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": cdesc.to_json(),
+                "layers": [layer.to_json()],
+            }
+        ).encode()
+        mdesc = writer.add_bytes(manifest, OCI_MANIFEST)
+        entries.append({**mdesc.to_json(), "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    writer.add_manifest(index, OCI_INDEX, "multi")
+    repo = new_repo(tmp_path)
+    result = backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "multi")
+    assert result.images == 2
+    restore_image(repo, "multi", f"oci:{tmp_path / 'out'}:multi")
+    out_index = json.loads((tmp_path / "out" / "index.json").read_bytes())
+    (entry,) = out_index["manifests"]
+    assert entry["digest"] == str(sha256(index)) and entry["mediaType"] == OCI_INDEX
+    arm = OCILayout(tmp_path / "out").resolve("multi", "linux/arm64")
+    assert len(arm) == 1 and json.loads(arm[0].config_bytes)["architecture"] == "arm64"
+    one = backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "only-amd64", platform="linux/amd64")
+    assert one.images == 1
+    repo.close()
