@@ -183,6 +183,7 @@ def backup_image(
     entries: list[ImageEntry] = []
     result = BackupResult(record_id=sha256(b""), images=0, layers=0)
     index_bytes: bytes | None = None
+    written_before = repo.stats["bytes_written"]
     index_media_type: str | None = None
     with ChunkStorer(repo, workers=workers, progress=progress) as storer:
         if transport == "oci":
@@ -212,7 +213,6 @@ def backup_image(
             entries.append(_backup_dir(repo, path, platform, storer, result))
         result.images = len(entries)
         result.new_bytes = storer.stats.new_bytes
-        result.stored_bytes = storer.stats.stored_bytes
     body = ImageBody(
         source=source,
         images=tuple(entries),
@@ -221,6 +221,8 @@ def backup_image(
     )
     record = Record(name=tag, time_ns=time.time_ns(), type="image", body=body.to_cbor())
     result.record_id = repo.save_record(record)
+    # Everything this backup added to packs: chunks and metadata (trees, recipes, lists).
+    result.stored_bytes = repo.stats["bytes_written"] - written_before
     return result
 
 
