@@ -38,6 +38,7 @@ from types import MappingProxyType
 
 from chunkstore.backends.base import FileInfo, FileType, Handle
 from chunkstore.errors import BackendError, NotFound, ShortRead, UsageError
+from chunkstore.fsutil import fsync_dir
 
 __all__ = ["LocalBackend"]
 
@@ -49,7 +50,6 @@ _FILE_MODE = 0o600
 # Errors that mean "this filesystem cannot make hard links"; saves then fall back to a rename.
 _NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV})
 # Errors from fsync on a directory that only mean "not supported here".
-_NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
 _HINTS: Mapping[int, str] = MappingProxyType(
     {
         errno.ENOSPC: "free some space on that filesystem and retry",
@@ -86,16 +86,9 @@ def _write_all(fd: int, data: bytes) -> None:
 def _fsync_dir(path: Path) -> None:
     """Make the directory entries of ``path`` durable (where the platform supports it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fsync_dir(path)
     except OSError as exc:
-        raise _error(exc, "open directory", path) from exc
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _NO_DIR_SYNC:
-            raise _error(exc, "fsync directory", path) from exc
-    finally:
-        os.close(fd)
+        raise _error(exc, "fsync directory", path) from exc
 
 
 def _same_content(path: Path, data: bytes) -> bool:

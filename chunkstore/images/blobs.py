@@ -12,7 +12,6 @@ repository files: a ``.tmp-`` file in the target directory, fsync, verify, renam
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from chunkstore.errors import BackendError, IntegrityError, UsageError
+from chunkstore.fsutil import fsync_dir
 from index.ids import Digest
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
 
 _TEMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
-_NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
 
 
 class Readable(Protocol):
@@ -156,16 +155,9 @@ class VerifiedReader(io.RawIOBase):
 
 def _fsync_dir(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fsync_dir(path)
     except OSError as exc:
-        raise BackendError(f"cannot open directory {path}: {exc.strerror}") from exc
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _NO_DIR_SYNC:
-            raise BackendError(f"cannot fsync directory {path}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
+        raise BackendError(f"cannot fsync directory {path}: {exc.strerror}") from exc
 
 
 def write_blob_atomically(directory: Path, digest: Digest, chunks: Iterable[bytes]) -> None:

@@ -18,7 +18,6 @@ only once every blob a manifest references is in place.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import secrets
@@ -34,6 +33,7 @@ from chunkstore.errors import (
     UnsupportedFormat,
     UsageError,
 )
+from chunkstore.fsutil import fsync_dir
 from chunkstore.images.blobs import (
     BlobDigestMismatch,
     VerifiedReader,
@@ -83,7 +83,6 @@ _MAX_DEPTH = 8
 _MAX_MANIFESTS = 10_000
 _LAYOUT_VERSION = "1.0.0"
 _TEMP_PREFIX = ".tmp-"
-_NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,17 +495,6 @@ class OCILayout:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _NO_DIR_SYNC:
-            raise
-    finally:
-        os.close(fd)
-
-
 def _write_file_atomically(path: Path, data: bytes) -> None:
     tmp = path.parent / f"{_TEMP_PREFIX}{secrets.token_hex(16)}"
     try:
@@ -519,7 +507,7 @@ def _write_file_atomically(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         try:
             os.unlink(tmp)
