@@ -22,6 +22,7 @@ from typing import Protocol
 
 from chunkstore.errors import BackendError, IntegrityError, UsageError
 from chunkstore.fsutil import fsync_dir
+from index.errors import Malformed
 from index.ids import Digest
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Readable",
     "VerifiedReader",
     "blob_path",
+    "parse_sha256",
     "write_blob_atomically",
 ]
 
@@ -46,6 +48,21 @@ class Readable(Protocol):
 
 class BlobDigestMismatch(IntegrityError):
     """A blob's bytes do not match the digest or size its descriptor declares."""
+
+
+def parse_sha256(text: object, what: str) -> Digest:
+    """A ``sha256:<hex>`` digest from image metadata, strictly parsed (never used raw as a path)."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what}: no digest")
+    try:
+        digest = Digest.parse(text)
+    except Malformed:
+        raise UsageError(
+            f"{what}: invalid digest {text!r:.100}; expected sha256:<64 lower-case hex>"
+        ) from None
+    if digest.algorithm != "sha256":
+        raise UsageError(f"{what}: digest {text:.100} is not sha256")
+    return digest
 
 
 def blob_path(directory: Path, digest: Digest) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from chunkstore.errors import BackendError, MissingObject, UsageError
-from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader
+from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, parse_sha256
 from chunkstore.images.oci_layout import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -48,7 +48,6 @@ from chunkstore.images.oci_layout import (
     Platform,
     parse_descriptor,
 )
-from index.errors import Malformed
 from index.ids import Digest, sha256
 
 __all__ = ["DockerArchive", "write_docker_archive"]
@@ -233,14 +232,7 @@ class DockerArchive:
             )
         layers_list = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
-            try:
-                digest = Digest.parse(diff_id)
-            except Malformed:
-                raise UsageError(
-                    f"config {config_name}: diff_id {i} {diff_id!r:.100} is not a sha256 digest"
-                ) from None
-            if digest.algorithm != "sha256":
-                raise UsageError(f"config {config_name}: diff_id {i} is not sha256")
+            digest = parse_sha256(diff_id, f"config {config_name}: diff_id {i}")
             named = _name_digest(name)
             if named is not None and named != digest:
                 raise BlobDigestMismatch(

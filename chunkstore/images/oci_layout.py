@@ -38,10 +38,10 @@ from chunkstore.images.blobs import (
     BlobDigestMismatch,
     VerifiedReader,
     blob_path,
+    parse_sha256,
     write_blob_atomically,
 )
 from chunkstore.images.compression import layer_compression
-from index.errors import Malformed
 from index.ids import Digest, sha256
 
 __all__ = [
@@ -182,14 +182,7 @@ def parse_descriptor(obj: object, what: str) -> Descriptor:
         raise UsageError(f"{what}: descriptor has no 'mediaType'")
     if not isinstance(digest_text, str):
         raise UsageError(f"{what}: descriptor has no 'digest'")
-    try:
-        digest = Digest.parse(digest_text)
-    except Malformed:
-        raise UsageError(
-            f"{what}: invalid digest {digest_text!r:.100}; expected sha256:<64 lower-case hex>"
-        ) from None
-    if digest.algorithm != "sha256":
-        raise UsageError(f"{what}: digest {digest_text:.100} is not sha256")
+    digest = parse_sha256(digest_text, what)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise UsageError(f"{what}: descriptor size must be a non-negative integer")
     annotations = obj.get("annotations") or {}
