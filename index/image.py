@@ -11,6 +11,7 @@ The body of a record of type ``"image"`` (see :mod:`index.record`)::
              "config": bstr,                                      exact bytes (same image ID)
              "platform": tstr / null,                             e.g. "linux/amd64"
              "root": ref,                                         merged root tree (index/tree.py)
+             "root_meta": [mode, uid, gid, mtime_ns] / null,      the root directory itself
              "layers": [layer, ...]}
 
     layer = {"digest": tstr, "media_type": tstr, "size": uint,   the blob as it was shipped
@@ -120,10 +121,13 @@ class ImageEntry:
     platform: str | None
     root: Digest
     layers: tuple[LayerEntry, ...]
+    #: The root directory's own mode, uid, gid and mtime (ns), when a layer set them.
+    root_meta: tuple[int, int, int, int] | None = None
 
     def to_cbor(self) -> dict[str, Any]:
         """Record value."""
         return {
+            "root_meta": None if self.root_meta is None else list(self.root_meta),
             "manifest": self.manifest,
             "manifest_media_type": self.manifest_media_type,
             "config": self.config,
@@ -135,7 +139,15 @@ class ImageEntry:
     @classmethod
     def from_cbor(cls, v: Any) -> ImageEntry:
         """Validate a record value."""
-        keys = {"manifest", "manifest_media_type", "config", "platform", "root", "layers"}
+        keys = {
+            "manifest",
+            "manifest_media_type",
+            "config",
+            "platform",
+            "root",
+            "layers",
+            "root_meta",
+        }
         if not isinstance(v, dict) or set(v) != keys:
             raise Malformed("image record image fields are not the expected set")
         if not isinstance(v["manifest"], bytes) or not isinstance(v["config"], bytes):
@@ -144,6 +156,14 @@ class ImageEntry:
             raise Malformed("image record platform is not text")
         if not isinstance(v["root"], Digest) or not isinstance(v["layers"], list):
             raise Malformed("image record root or layers malformed")
+        meta = v["root_meta"]
+        if meta is not None:
+            if not isinstance(meta, list) or len(meta) != 4:
+                raise Malformed("image record root_meta is not [mode, uid, gid, mtime]")
+            mode, uid, gid = (_uint(x, "root_meta field") for x in meta[:3])
+            if type(meta[3]) is not int or mode > 0o7777:
+                raise Malformed("image record root_meta values are out of range")
+            meta = (mode, uid, gid, meta[3])
         return cls(
             v["manifest"],
             _text(v["manifest_media_type"], "manifest media type"),
@@ -151,6 +171,7 @@ class ImageEntry:
             v["platform"],
             v["root"],
             tuple(LayerEntry.from_cbor(x) for x in v["layers"]),
+            meta,
         )
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -267,6 +268,11 @@ def _check_platform(image: ImageRef, platform: str | None, source: str) -> None:
         )
 
 
+def _root_meta(overlay: Overlay) -> tuple[int, int, int, int]:
+    meta = overlay.root.meta
+    return (meta.mode, meta.uid, meta.gid, meta.mtime_ns)
+
+
 def _known_layers(repo: Repository) -> dict[tuple[str, int], LayerRecord]:
     """Layers of every image record, by (compressed digest, size): the ones not to ingest again."""
     known: dict[tuple[str, int], LayerRecord] = {}
@@ -321,6 +327,7 @@ def _backup_dir(
         config=config,
         platform=str(Platform.from_json(doc, "generated config")),
         root=root,
+        root_meta=_root_meta(overlay),
         layers=(
             LayerRecord(
                 digest=str(layer.diff_id),
@@ -411,6 +418,7 @@ def _backup_one(
         platform=None if image.platform is None else str(image.platform),
         root=root,
         layers=tuple(layers),
+        root_meta=_root_meta(overlay),
     )
 
 
@@ -489,6 +497,13 @@ def restore_image(
         preserve_owner=preserve_owner,
     )
     result.skipped = extracted.skipped
+    if image.root_meta is not None:
+        # The root directory's own metadata, applied last (like every directory's).
+        mode, uid, gid, mtime_ns = image.root_meta
+        os.chmod(path, mode & (0o7777 if allow_special else 0o1777))
+        if preserve_owner and os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
     for what, items in (
         ("entries were not created", extracted.skipped),
         ("attributes were not restored", extracted.warnings),

@@ -258,3 +258,29 @@ def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
     one = backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "only-amd64", platform="linux/amd64")
     assert one.images == 1
     repo.close()
+
+
+def test_root_directory_metadata_round_trips(tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "rootfs"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hostname").write_bytes(b"box\n")
+    os.chmod(src, 0o750)
+    os.utime(src, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    repo = new_repo(tmp_path)
+    backup_image(repo, f"dir:{src}", "rootfs")
+    from chunkstore.browse import open_image
+
+    assert open_image(repo, "rootfs").root_meta == (
+        0o750,
+        os.getuid(),
+        os.getgid(),
+        1_600_000_000_123_456_789,
+    )
+    restore_image(repo, "rootfs", f"dir:{tmp_path / 'out'}")
+    st = os.stat(tmp_path / "out")
+    assert st.st_mode & 0o7777 == 0o750
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert (tmp_path / "out" / "etc" / "hostname").read_bytes() == b"box\n"
+    repo.close()
