@@ -284,3 +284,26 @@ def test_root_directory_metadata_round_trips(tmp_path: Path) -> None:
     assert st.st_mtime_ns == 1_600_000_000_123_456_789
     assert (tmp_path / "out" / "etc" / "hostname").read_bytes() == b"box\n"
     repo.close()
+
+
+def test_forget_and_prune_keep_the_other_image_whole(tmp_path: Path) -> None:
+    from chunkstore import api
+
+    shared = {"usr/lib/shared": bytes(range(256)) * 200}
+    write_image(tmp_path / "src", "a", [layer_tar({**shared, "only-a": b"a" * 50_000})])
+    write_image(tmp_path / "src", "b", [layer_tar({**shared, "only-b": b"b" * 70_000})])
+    repo = new_repo(tmp_path)
+    backup_image(repo, f"oci:{tmp_path / 'src'}:a", "a")
+    backup_image(repo, f"oci:{tmp_path / 'src'}:b", "b")
+    api.forget(repo, "a")
+    report = api.prune(repo, repack_fraction=0.0)
+    assert report.blobs_removed > 0
+    check = api.check(repo, read_data=True)
+    assert check.ok, check.errors
+    restore_image(repo, "b", f"oci:{tmp_path / 'out'}:b")
+    (orig,), (back,) = (
+        OCILayout(tmp_path / "src").resolve("b"),
+        OCILayout(tmp_path / "out").resolve("b"),
+    )
+    assert orig.manifest_bytes == back.manifest_bytes
+    repo.close()
