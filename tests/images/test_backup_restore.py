@@ -44,19 +44,31 @@ def zlib_gzip(data: bytes, level: int = 6) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def write_image(root: Path, ref: str, layers: list[bytes]) -> None:
+def write_image(
+    root: Path,
+    ref: str,
+    layers: list[bytes],
+    *,
+    blobs: list[bytes] | None = None,
+    diff_ids: list[str] | None = None,
+) -> bytes:
+    """An OCI image of gzip'd ``layers`` (zlib-made unless ``blobs`` gives the compressed bytes);
+    ``diff_ids`` overrides what the config claims. Returns the config bytes."""
     writer = OCILayoutWriter(root)
-    descs = []
-    for tar in layers:
-        blob = zlib_gzip(tar)
-        descs.append(writer.add_bytes(blob, LAYER_GZIP))
+    descs = [
+        writer.add_bytes(blob, LAYER_GZIP) for blob in (blobs or [zlib_gzip(t) for t in layers])
+    ]
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [str(sha256(t)) for t in layers]},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": diff_ids or [str(sha256(t)) for t in layers],
+        },
         "config": {},
     }
-    config_desc = writer.add_bytes(json.dumps(config).encode(), OCI_CONFIG)
+    config_bytes = json.dumps(config).encode()
+    config_desc = writer.add_bytes(config_bytes, OCI_CONFIG)
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -64,6 +76,7 @@ def write_image(root: Path, ref: str, layers: list[bytes]) -> None:
         "layers": [d.to_json() for d in descs],
     }
     writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, ref)
+    return config_bytes
 
 
 def new_repo(tmp: Path) -> Repository:
@@ -99,21 +112,9 @@ def test_round_trip_is_exact_and_valid(tmp_path: Path) -> None:
 
 def test_not_reproducible_layer_rewrites_manifest_keeps_image_id(tmp_path: Path) -> None:
     tar = layer_tar({"a": b"x" * 10_000})
-    writer = OCILayoutWriter(tmp_path / "src")
     blob = gzip.compress(tar, mtime=12345)  # header differs from what zlib writes alone
     blob = blob[:9] + b"\x07" + blob[10:]  # an unusual OS byte in the gzip header
-    layer = writer.add_bytes(blob, LAYER_GZIP)
-    config = json.dumps(
-        {"rootfs": {"type": "layers", "diff_ids": [str(sha256(tar))]}, "os": "linux"}
-    ).encode()
-    cdesc = writer.add_bytes(config, OCI_CONFIG)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": cdesc.to_json(),
-        "layers": [layer.to_json()],
-    }
-    writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, "v1")
+    config = write_image(tmp_path / "src", "v1", [tar], blobs=[blob])
     repo = new_repo(tmp_path)
     backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     restore_image(repo, "x", f"oci:{tmp_path / 'out'}:v1")
@@ -132,17 +133,7 @@ def test_not_reproducible_layer_rewrites_manifest_keeps_image_id(tmp_path: Path)
 
 def test_inconsistent_diff_id_records_nothing(tmp_path: Path) -> None:
     tar = layer_tar({"a": b"1"})
-    writer = OCILayoutWriter(tmp_path / "src")
-    layer = writer.add_bytes(zlib_gzip(tar), LAYER_GZIP)
-    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [str(sha256(b"other"))]}})
-    cdesc = writer.add_bytes(config.encode(), OCI_CONFIG)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": cdesc.to_json(),
-        "layers": [layer.to_json()],
-    }
-    writer.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, "v1")
+    write_image(tmp_path / "src", "v1", [tar], diff_ids=[str(sha256(b"other"))])
     repo = new_repo(tmp_path)
     with pytest.raises(UsageError, match="inconsistent"):
         backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
