@@ -73,6 +73,7 @@ from bench_store import (
     git_revision,
     library_versions,
     machine_info,
+    report,
     run_checked,
     run_measured,
     wait_for_quiet,
@@ -856,15 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["targets"] = evaluate(result)
     result["total_seconds"] = time.perf_counter() - started
-    print(render(result))
-    for failure in failures:
-        print(f"FAILED {failure}")
-    print(f"\n(total benchmark time {result['total_seconds']:.0f} s)")
-    if args.json:
-        path = out / "bench_images.json"
-        path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        log(f"wrote {path}")
-    return 1 if failures else 0
+    return report(
+        result, render(result), failures, out / "bench_images.json" if args.json else None
+    )
 
 
 if __name__ == "__main__":

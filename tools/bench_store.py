@@ -927,15 +927,18 @@ def main(argv: list[str] | None = None) -> int:
     result["waited_s"] = args.max_wait - max(quiet_budget[0], 0.0)
     result["targets"] = evaluate_targets(result)
     result["total_seconds"] = time.perf_counter() - started
-    text = render(result)
+    return report(result, render(result), failures, out / "bench_store.json" if args.json else None)
+
+
+def report(result: dict[str, Any], text: str, failures: list[str], json_path: Path | None) -> int:
+    """Print the table and failures, write the JSON when asked; the exit code."""
     print(text)
     for failure in failures:
         print(f"FAILED {failure}")
     print(f"\n(total benchmark time {result['total_seconds']:.0f} s)")
-    if args.json:
-        path = out / "bench_store.json"
-        path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        log(f"wrote {path}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        log(f"wrote {json_path}")
     return 1 if failures else 0
 
 
