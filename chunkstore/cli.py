@@ -93,6 +93,12 @@ class _Group(click.Group):
         except ChunkstoreError as exc:
             click.echo(f"chunkstore: error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
+        except OSError as exc:
+            # A local file system error (missing input, permission, disk full): the message
+            # names the file; the repository is consistent (writes are atomic).
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"chunkstore: error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(1)
 
 
 def _size(text: str) -> int:
@@ -166,7 +172,7 @@ def init(
 
 @main.command()
 @click.argument("name")
-@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False))
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, exists=True))
 @pass_ctx
 def put(c: _Ctx, name: str, source: str) -> None:
     """Store a file (or - for stdin) as the record NAME."""

@@ -240,3 +240,15 @@ def test_installed_command(tmp_path: Path) -> None:
     assert json.loads(run("--json", "check", "--read-data").stdout)["ok"] is True
     missing = run("--repo", str(tmp_path / "nowhere"), "ls", code=10)
     assert missing.stderr.startswith(b"chunkstore: error: no chunkstore repository")
+
+
+def test_missing_input_and_unwritable_output_are_clear_errors(cli: Cli) -> None:
+    missing = cli("put", "x", str(cli.tmp / "no-such-file"), code=2)
+    assert "no-such-file" in missing.stderr and "does not exist" in missing.stderr
+    assert cli.json("ls") == []
+    cli("put", "a", cli.file("a.bin", A))
+    # `get` into a directory that does not exist: an OSError from the file system, reported
+    # with the file's name and exit code 1, never a traceback.
+    out = cli("get", "a", "-o", str(cli.tmp / "nowhere" / "a.bin"), code=1)
+    assert out.stderr.startswith("chunkstore: error: ")
+    assert "nowhere" in out.stderr
