@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from chunkstore import check as _check
 from chunkstore import prune as _prune
-from chunkstore.backends import open_backend
+from chunkstore.backends import RemoteOptions, open_backend
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
@@ -53,23 +53,38 @@ def init_repository(
     chunker: ChunkerParams | None = None,
     pack_size: int = DEFAULT_PACK_SIZE,
     compression_level: int = 3,
+    remote: RemoteOptions | None = None,
 ) -> Repository:
     """Create a repository at ``location`` (encrypted when a password is given)."""
-    return Repository.init(
-        open_backend(location),
-        cache_dir=cache_dir,
-        password=password,
-        chunker=chunker,
-        pack_size=pack_size,
-        compression_level=compression_level,
-    )
+    backend = open_backend(location, remote)
+    try:
+        return Repository.init(
+            backend,
+            cache_dir=cache_dir,
+            password=password,
+            chunker=chunker,
+            pack_size=pack_size,
+            compression_level=compression_level,
+        )
+    except BaseException:
+        backend.close()
+        raise
 
 
 def open_repository(
-    location: str | Path, *, cache_dir: Path, password: PasswordSource = None
+    location: str | Path,
+    *,
+    cache_dir: Path,
+    password: PasswordSource = None,
+    remote: RemoteOptions | None = None,
 ) -> Repository:
-    """Open the repository at ``location``."""
-    return Repository.open(open_backend(location), cache_dir=cache_dir, password=password)
+    """Open the repository at ``location`` (``remote``: how to reach a registry)."""
+    backend = open_backend(location, remote)
+    try:
+        return Repository.open(backend, cache_dir=cache_dir, password=password)
+    except BaseException:
+        backend.close()  # a refused or missing repository leaves no open connections behind
+        raise
 
 
 @contextmanager

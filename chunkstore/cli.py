@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from chunkstore import __version__, api, browse
+from chunkstore.backends import RemoteOptions
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.errors import EXIT_CODES, CheckFailed, ChunkstoreError, UsageError, exit_code_for
@@ -40,13 +41,16 @@ _EXIT_HELP = "\b\nExit codes:\n" + "\n".join(
 
 
 class _Ctx:
-    def __init__(self, repo: str | None, cache_dir: str | None, as_json: bool) -> None:
+    def __init__(
+        self, repo: str | None, cache_dir: str | None, as_json: bool, plain_http: bool = False
+    ) -> None:
         env = os.environ
         data_home = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
         cache_home = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         self.location = repo or env.get("CHUNKSTORE_REPO") or str(data_home / "chunkstore" / "repo")
         self.cache_dir = Path(cache_dir or env.get("CHUNKSTORE_CACHE") or cache_home / "chunkstore")
         self.as_json = as_json
+        self.remote = RemoteOptions(env=dict(env), plain_http=plain_http)
         self.err = Console(stderr=True)
 
     def password(self, *, confirm: bool = False) -> bytes:
@@ -60,7 +64,9 @@ class _Ctx:
         return pw.encode("utf-8")
 
     def open(self) -> Repository:
-        return api.open_repository(self.location, cache_dir=self.cache_dir, password=self.password)
+        return api.open_repository(
+            self.location, cache_dir=self.cache_dir, password=self.password, remote=self.remote
+        )
 
     def emit(self, value: Any, text: str) -> None:
         if self.as_json:
@@ -113,17 +119,32 @@ def _size(text: str) -> int:
 
 @click.group(cls=_Group, epilog=_EXIT_HELP)
 @click.version_option(__version__, prog_name="chunkstore")
-@click.option("--repo", "-r", help="Repository path [env CHUNKSTORE_REPO; default: user data dir].")
+@click.option(
+    "--repo",
+    "-r",
+    help="Repository: a path, or registry:HOST[:PORT]/NAME "
+    "[env CHUNKSTORE_REPO; default: user data dir].",
+)
 @click.option("--cache-dir", help="Local cache directory [env CHUNKSTORE_CACHE].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log warnings and details to stderr.")
+@click.option(
+    "--plain-http",
+    is_flag=True,
+    help="Talk to a registry over plain HTTP (always so for loopback hosts).",
+)
 @click.pass_context
 def main(
-    ctx: click.Context, repo: str | None, cache_dir: str | None, as_json: bool, verbose: bool
+    ctx: click.Context,
+    repo: str | None,
+    cache_dir: str | None,
+    as_json: bool,
+    verbose: bool,
+    plain_http: bool,
 ) -> None:
     """chunkstore: a deduplicating, content-defined-chunking store for OCI container images."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    ctx.obj = _Ctx(repo, cache_dir, as_json)
+    ctx.obj = _Ctx(repo, cache_dir, as_json, plain_http)
 
 
 @main.command()
@@ -161,6 +182,7 @@ def init(
         chunker=params,
         pack_size=_size(pack_size),
         compression_level=compression_level,
+        remote=c.remote,
     )
     with repo:
         repo_id = repo.config.repo_id.hex()

@@ -12,12 +12,19 @@
     │   ├── CorruptBlob                 a blob fails AEAD or its id check
     │   ├── CorruptPack                 a pack's header or framing is invalid
     │   ├── CorruptMetadata             a metadata object (index, record, config) is invalid
-    │   └── ShortRead                   a file is shorter than the range asked of it
+    │   ├── ShortRead                   a file is shorter than the range asked of it
+    │   ├── DigestMismatch              downloaded bytes do not hash to the digest asked for
+    │   └── SizeMismatch                downloaded bytes are more or fewer than expected
     ├── MissingObject                   something referenced is absent (exit 15)
     ├── LockConflict                    another process holds a conflicting lock (exit 11)
     ├── BackendError                    storage failed (exit 16)
     │   ├── NotFound                    a file is absent (also a MissingObject)
-    │   └── Transient                   a failure worth retrying (network, 5xx)
+    │   │   └── RegistryObjectMissing   a registry answered 404 for a blob, manifest or upload
+    │   ├── Transient                   a failure worth retrying (network, 5xx)
+    │   │   └── RegistryUnavailable     5xx, 429, timeout, deadline or connection failure
+    │   └── RegistryError               a registry refused a request (other 4xx)
+    │       ├── AuthError               401/403, missing or unusable credentials
+    │       └── ManifestTooLarge        a manifest over the 4 MiB limit
     └── CheckFailed                     ``check`` found problems (exit 17)
 
 Messages say what failed and what to do next; they never contain secrets.
@@ -27,19 +34,26 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_CODES",
+    "AuthError",
     "BackendError",
     "CheckFailed",
     "ChunkstoreError",
     "CorruptBlob",
     "CorruptMetadata",
     "CorruptPack",
+    "DigestMismatch",
     "IntegrityError",
     "LockConflict",
+    "ManifestTooLarge",
     "MissingObject",
     "NotFound",
+    "RegistryError",
+    "RegistryObjectMissing",
+    "RegistryUnavailable",
     "RepositoryExists",
     "RepositoryNotFound",
     "ShortRead",
+    "SizeMismatch",
     "Transient",
     "UnsupportedFormat",
     "UsageError",
@@ -114,6 +128,42 @@ class Transient(BackendError):
 
 class CheckFailed(ChunkstoreError):
     """``check`` found damage; the message summarises it."""
+
+
+class DigestMismatch(IntegrityError):
+    """Bytes received from a registry do not hash to the digest requested (or a header disagrees)."""
+
+
+class SizeMismatch(IntegrityError):
+    """Bytes received from a registry are more or fewer than the size expected."""
+
+
+class RegistryObjectMissing(NotFound):
+    """A registry answered 404: the blob, manifest, tag or upload session does not exist."""
+
+
+class RegistryUnavailable(Transient):
+    """A registry request failed in a way worth retrying (5xx, 429, timeout, reset, deadline).
+
+    ``retry_after`` is the delay in seconds the registry asked for, when it sent ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        """``message`` names host and path; ``retry_after`` comes from a ``Retry-After`` header."""
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryError(BackendError):
+    """A registry refused a request (a 4xx other than 404); the message carries its error code."""
+
+
+class AuthError(RegistryError):
+    """A registry refused the credentials (401/403), or they cannot be used safely or at all."""
+
+
+class ManifestTooLarge(RegistryError):
+    """A manifest is larger than the 4 MiB every registry must accept (and no more is read)."""
 
 
 #: Exit code per error class; the most specific class wins. 0 is success, 1 an unexpected error.

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
@@ -19,17 +21,28 @@ __all__ = [
     "Handle",
     "LocalBackend",
     "MemoryBackend",
+    "RemoteOptions",
     "open_backend",
 ]
 
 
-def open_backend(location: str | Path) -> Backend:
-    """A backend for ``location``: ``local:PATH`` or a plain path (``registry:`` comes later)."""
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """How to reach a remote repository: the environment (credentials) and plain HTTP."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    plain_http: bool = False
+
+
+def open_backend(location: str | Path, remote: RemoteOptions | None = None) -> Backend:
+    """A backend for ``location``: ``local:PATH``, a plain path, or ``registry:HOST[:PORT]/NAME``."""
     text = str(location)
+    if text.startswith("registry:"):
+        from chunkstore.backends.registry import open_registry_backend
+
+        return open_registry_backend(text[len("registry:") :], remote or RemoteOptions())
     if text.startswith("local:"):
         text = text[len("local:") :]
-    elif text.startswith("registry:"):
-        raise UsageError("registry repositories are not supported by this version yet")
     if not text:
         raise UsageError("empty repository location")
     return LocalBackend(Path(text).expanduser())

@@ -1,0 +1,333 @@
+"""A repository kept in an OCI registry: every repository file is a blob under its own tag.
+
+A registry stores content-addressed blobs and lists nothing but tags, and its garbage collector
+deletes every blob no manifest references. So each repository file (config, key, pack, index,
+record, lock) is stored as one blob plus one small OCI image manifest that references it, tagged
+with the file's type and name::
+
+    tag  _cs.<type>.<name>           (type: config, keys, data, index, records, locks)
+    manifest (application/vnd.oci.image.manifest.v1+json)
+        artifactType  application/vnd.chunkstore.file.v1
+        config        the empty descriptor ({}), as OCI 1.1 artifacts do
+        layers        [ the file's blob, mediaType application/vnd.chunkstore.<type>.v1 ]
+        annotations   dev.chunkstore.file = "<type>/<name>"  (so no two files share a manifest)
+
+Consequences:
+
+* A file exists exactly when its tag does: the blob is uploaded and confirmed present (HEAD) first,
+  then the manifest is pushed, so a reader never sees a tag whose blob is missing (a crashed save
+  leaves only an unreferenced blob, which the registry's garbage collection removes).
+* Writers of different files never touch the same tag, so concurrent backups cannot lose each
+  other's work; only locks are overwritten (refreshed) in place.
+* ``remove`` deletes the file's manifest; the registry's garbage collection frees the blob.
+* Listing is tag listing (paginated) filtered by prefix; sizes come from the manifests, fetched
+  in parallel and kept in memory (files other than locks and the config never change).
+
+Everything read is verified by the client (blob digests and sizes, manifests by digest); the
+manifest of a tag is checked to name exactly the file asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chunkstore.backends.base import FileInfo, FileType, Handle
+from chunkstore.errors import (
+    CorruptMetadata,
+    NotFound,
+    RegistryError,
+    RegistryObjectMissing,
+    ShortRead,
+    UsageError,
+)
+from chunkstore.registry.auth import RegistryAuth, credentials_for
+from chunkstore.registry.client import RegistryClient
+from chunkstore.registry.reference import is_loopback, parse_reference
+from index.errors import Malformed
+from index.ids import Digest
+
+if TYPE_CHECKING:
+    from chunkstore.backends import RemoteOptions
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "FILE_ANNOTATION",
+    "TAG_PREFIX",
+    "RegistryBackend",
+    "file_media_type",
+    "file_tag",
+    "open_registry_backend",
+]
+
+#: ``artifactType`` of every file manifest.
+ARTIFACT_TYPE = "application/vnd.chunkstore.file.v1"
+#: Annotation naming the file a manifest holds (``<type>/<name>``).
+FILE_ANNOTATION = "dev.chunkstore.file"
+#: Every tag this backend writes starts with this (image tags never do).
+TAG_PREFIX = "_cs."
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_EMPTY = b"{}"
+_EMPTY_DIGEST = Digest("sha256", hashlib.sha256(_EMPTY).digest())
+_EMPTY_DESCRIPTOR = {
+    "mediaType": "application/vnd.oci.empty.v1+json",
+    "digest": str(_EMPTY_DIGEST),
+    "size": len(_EMPTY),
+}
+#: Files larger than this are uploaded in PATCH pieces of _PIECE bytes.
+_MONOLITHIC_MAX = 32 << 20
+_PIECE = 8 << 20
+#: Manifests fetched at once while listing.
+_LIST_WORKERS = 8
+#: Types whose files may be replaced (their manifests are never cached).
+_MUTABLE = frozenset({FileType.CONFIG, FileType.LOCK})
+_MEDIA_NAMES = {
+    FileType.CONFIG: "config",
+    FileType.KEY: "key",
+    FileType.PACK: "pack",
+    FileType.INDEX: "index",
+    FileType.RECORD: "record",
+    FileType.LOCK: "lock",
+}
+
+
+def file_tag(handle: Handle) -> str:
+    """The tag holding ``handle``'s manifest."""
+    if handle.type is FileType.CONFIG:
+        return f"{TAG_PREFIX}config"
+    return f"{TAG_PREFIX}{handle.type.value}.{handle.name}"
+
+
+def file_media_type(file_type: FileType) -> str:
+    """The layer media type of a file of ``file_type``."""
+    return f"application/vnd.chunkstore.{_MEDIA_NAMES[file_type]}.v1"
+
+
+def _sha256(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What a file's manifest says: the blob holding it, and the manifest's own digest."""
+
+    blob: Digest
+    size: int
+    manifest: Digest
+
+
+def _manifest(handle: Handle, blob: Digest, size: int) -> bytes:
+    label = f"{handle.type.value}/{handle.name}"
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": _OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": _EMPTY_DESCRIPTOR,
+        "layers": [
+            {
+                "mediaType": file_media_type(handle.type),
+                "digest": str(blob),
+                "size": size,
+                "annotations": {FILE_ANNOTATION: label},
+            }
+        ],
+        "annotations": {FILE_ANNOTATION: label},
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _parse_manifest(handle: Handle, data: bytes, digest: Digest) -> _Entry:
+    """The blob a file manifest references; CorruptMetadata unless it is exactly ours for it."""
+    where = f"registry manifest of {handle}"
+    try:
+        doc = json.loads(data)
+        layers = doc["layers"]
+        if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
+            raise ValueError("it must reference exactly one blob")
+        layer: dict[str, Any] = layers[0]
+        label = f"{handle.type.value}/{handle.name}"
+        if doc.get("artifactType") != ARTIFACT_TYPE:
+            raise ValueError(f"artifactType is not {ARTIFACT_TYPE}")
+        if layer.get("mediaType") != file_media_type(handle.type):
+            raise ValueError("its blob has the wrong media type")
+        if (doc.get("annotations") or {}).get(FILE_ANNOTATION) != label:
+            raise ValueError(f"it names another file, not {label}")
+        size = layer["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("its blob size is not a non-negative integer")
+        blob = Digest.parse(layer["digest"])
+    except (ValueError, KeyError, TypeError, AttributeError, Malformed) as exc:
+        raise CorruptMetadata(f"{where} is invalid: {exc}") from exc
+    return _Entry(blob, size, digest)
+
+
+class RegistryBackend:
+    """The repository files of one registry repository (see the module docstring)."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        """Store files through ``client`` (which it then owns and closes)."""
+        self._client = client
+        self._entries: dict[Handle, _Entry] = {}
+        self._lock = threading.Lock()
+        self._empty_uploaded = False
+
+    @property
+    def location(self) -> str:
+        """``registry:HOST/NAME``."""
+        return f"registry:{self._client.host}/{self._client.name}"
+
+    def create(self) -> None:
+        """Check the registry answers and store the empty config blob manifests share."""
+        self._client.ping()
+        self._ensure_empty()
+
+    def _ensure_empty(self) -> None:
+        if not self._empty_uploaded:
+            self._client.put_blob(_EMPTY, _EMPTY_DIGEST)
+            self._empty_uploaded = True
+
+    # ------------------------------------------------------------------ lookups
+    def _entry(self, handle: Handle) -> _Entry | None:
+        """The file's manifest entry (cached for immutable files), None when it has none."""
+        if handle.type not in _MUTABLE:
+            with self._lock:
+                cached = self._entries.get(handle)
+            if cached is not None:
+                return cached
+        try:
+            fetched = self._client.get_manifest(file_tag(handle), accept=(_OCI_MANIFEST,))
+        except RegistryObjectMissing:
+            return None
+        entry = _parse_manifest(handle, fetched.data, fetched.digest)
+        if handle.type not in _MUTABLE:
+            with self._lock:
+                self._entries[handle] = entry
+        return entry
+
+    def _require(self, handle: Handle) -> _Entry:
+        entry = self._entry(handle)
+        if entry is None:
+            raise NotFound(f"{handle} is not in {self.location}")
+        return entry
+
+    def exists(self, handle: Handle) -> bool:
+        """Whether the file's tag exists."""
+        return self._entry(handle) is not None
+
+    def stat(self, handle: Handle) -> FileInfo:
+        """The file's size, from its manifest."""
+        return FileInfo(handle, self._require(handle).size)
+
+    # ------------------------------------------------------------------ writes
+    def save(self, handle: Handle, data: bytes, *, overwrite: bool = False) -> None:
+        """Upload the blob, confirm it is there, then tag its manifest (the commit point)."""
+        blob = _sha256(data)
+        existing = self._entry(handle)
+        if existing is not None:
+            if existing.blob == blob and existing.size == len(data):
+                return
+            if not overwrite:
+                raise UsageError(
+                    f"{handle} already exists in {self.location} with other content; "
+                    "refusing to replace it"
+                )
+        self._ensure_empty()
+        if len(data) > _MONOLITHIC_MAX:
+            view = memoryview(data)
+            pieces = [bytes(view[i : i + _PIECE]) for i in range(0, len(data), _PIECE)]
+            self._client.put_blob_stream(pieces, blob, len(data), chunk_size=_PIECE)
+        else:
+            self._client.put_blob(data, blob)
+        # The registry said it stored the blob; believe it only when it serves it back.
+        present = self._client.head_blob(blob)
+        if present != len(data):
+            raise RegistryError(
+                f"{self.location} accepted the upload of {handle} but "
+                + ("does not have it" if present is None else f"reports {present} bytes")
+                + f" instead of {len(data)}; nothing was tagged"
+            )
+        manifest = _manifest(handle, blob, len(data))
+        digest = self._client.put_manifest(file_tag(handle), manifest, _OCI_MANIFEST)
+        with self._lock:
+            if handle.type in _MUTABLE:
+                self._entries.pop(handle, None)
+            else:
+                self._entries[handle] = _Entry(blob, len(data), digest)
+
+    def remove(self, handle: Handle) -> None:
+        """Delete the file's manifest (its tag goes with it; the registry's GC frees the blob)."""
+        entry = self._require(handle)
+        with self._lock:
+            self._entries.pop(handle, None)
+        try:
+            self._client.delete_manifest(entry.manifest)
+        except RegistryObjectMissing as exc:
+            raise NotFound(f"{handle} is not in {self.location}") from exc
+
+    # ------------------------------------------------------------------ reads
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        """Exactly ``length`` bytes from ``offset`` (the rest when None), verified by the client."""
+        entry = self._require(handle)
+        if offset < 0 or (length is not None and length < 0):
+            raise UsageError(f"invalid read of {handle}: offset {offset}, length {length}")
+        end = entry.size if length is None else offset + length
+        if end > entry.size or offset > entry.size:
+            have = max(0, entry.size - offset)
+            raise ShortRead(
+                f"{handle}: wanted {end - offset} bytes from offset {offset}, only {have} there "
+                f"(the file has {entry.size})"
+            )
+        if offset == 0 and end == entry.size:
+            return self._client.get_blob(entry.blob, entry.size)
+        return self._client.get_blob_range(entry.blob, offset, end - offset, blob_size=entry.size)
+
+    def _tags(self) -> list[str]:
+        """Every tag; none when the registry does not know the repository yet (no manifest)."""
+        try:
+            return self._client.list_tags()
+        except RegistryObjectMissing:
+            return []
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        """Every file of ``file_type`` (tags with its prefix), sizes from their manifests."""
+        handles: list[Handle] = []
+        if file_type is FileType.CONFIG:
+            prefix = file_tag(Handle.config())
+            tags = [t for t in self._tags() if t == prefix]
+            handles = [Handle.config()] if tags else []
+        else:
+            prefix = f"{TAG_PREFIX}{file_type.value}."
+            for tag in self._tags():
+                if tag.startswith(prefix):
+                    try:
+                        handles.append(Handle(file_type, tag[len(prefix) :]))
+                    except UsageError:
+                        continue  # not a file tag of ours (a foreign tag with our prefix)
+        if not handles:
+            return iter(())
+        with ThreadPoolExecutor(max_workers=_LIST_WORKERS) as pool:
+            entries = list(pool.map(self._entry, handles))
+        return iter(
+            [FileInfo(h, e.size) for h, e in zip(handles, entries, strict=True) if e is not None]
+        )
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+
+def open_registry_backend(text: str, remote: RemoteOptions) -> RegistryBackend:
+    """The backend for ``HOST[:PORT]/NAME`` (HTTPS; plain HTTP when asked or for loopback)."""
+    ref = parse_reference(text)
+    if ref.tag is not None or ref.digest is not None:
+        raise UsageError(
+            f"a registry repository is HOST[:PORT]/NAME without a tag or digest, not {text!r:.200}"
+        )
+    plain = remote.plain_http or is_loopback(ref.endpoint)
+    auth = RegistryAuth(credentials_for(ref.endpoint, env=remote.env))
+    return RegistryBackend(RegistryClient.for_reference(ref, plain_http=plain, auth=auth))
