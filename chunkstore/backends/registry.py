@@ -60,6 +60,7 @@ __all__ = [
     "FILE_ANNOTATION",
     "TAG_PREFIX",
     "RegistryBackend",
+    "file_manifest",
     "file_media_type",
     "file_tag",
     "open_registry_backend",
@@ -121,7 +122,8 @@ class _Entry:
     manifest: Digest
 
 
-def _manifest(handle: Handle, blob: Digest, size: int) -> bytes:
+def file_manifest(handle: Handle, blob: Digest, size: int) -> bytes:
+    """The canonical manifest holding ``handle``'s file: blob ``blob`` of ``size`` bytes."""
     label = f"{handle.type.value}/{handle.name}"
     doc = {
         "schemaVersion": 2,
@@ -251,7 +253,7 @@ class RegistryBackend:
                 + ("does not have it" if present is None else f"reports {present} bytes")
                 + f" instead of {len(data)}; nothing was tagged"
             )
-        manifest = _manifest(handle, blob, len(data))
+        manifest = file_manifest(handle, blob, len(data))
         digest = self._client.put_manifest(file_tag(handle), manifest, _OCI_MANIFEST)
         with self._lock:
             if handle.type in _MUTABLE:

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 from chunkstore import crypto
+from chunkstore.backends.base import FileType, Handle
+from chunkstore.backends.registry import file_manifest, file_tag
 from chunkstore.blob import BlobType
 from chunkstore.chunker import Chunker, ChunkerParams
 from chunkstore.codec import BlobCodec
@@ -45,6 +47,7 @@ EXPECTED = {
     "key-file",
     "chunker-fastcdc",
     "tree-blob",
+    "registry-file-manifest",
 }
 
 
@@ -168,3 +171,12 @@ def test_tree_blob() -> None:
     hello = tree.lookup(b"hello.txt")
     assert hello is not None and hello.chunks[0].id == sha256(b"hello")
     assert encode_tree(list(tree)) == raw
+
+
+def test_registry_file_manifest() -> None:
+    v = VECTORS["registry-file-manifest"]
+    data = bytes.fromhex(v["file_hex"])
+    handle = Handle(FileType(v["type"]), hashlib.sha256(data).hexdigest())
+    assert file_tag(handle) == v["tag"]
+    manifest = file_manifest(handle, sha256(data), len(data))
+    assert hashlib.sha256(manifest).hexdigest() == v["manifest_sha256"]
