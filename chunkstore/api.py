@@ -22,6 +22,7 @@ from chunkstore.backends import RemoteOptions, open_backend
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
+from chunkstore.copy import CopyResult, copy_records
 from chunkstore.errors import UsageError
 from chunkstore.lock import acquire_lock
 from chunkstore.repository import PasswordSource, Repository
@@ -32,6 +33,7 @@ from index.record import Record
 
 __all__ = [
     "check",
+    "copy",
     "forget",
     "get",
     "init_repository",
@@ -54,8 +56,12 @@ def init_repository(
     pack_size: int = DEFAULT_PACK_SIZE,
     compression_level: int = 3,
     remote: RemoteOptions | None = None,
+    keys_from: Repository | None = None,
 ) -> Repository:
-    """Create a repository at ``location`` (encrypted when a password is given)."""
+    """Create a repository at ``location`` (encrypted when a password is given).
+
+    ``keys_from``: take that repository's master key and chunker parameters (for ``copy``).
+    """
     backend = open_backend(location, remote)
     try:
         return Repository.init(
@@ -65,6 +71,7 @@ def init_repository(
             chunker=chunker,
             pack_size=pack_size,
             compression_level=compression_level,
+            keys_from=keys_from,
         )
     except BaseException:
         backend.close()
@@ -140,6 +147,21 @@ def list_records(repo: Repository) -> list[dict[str, object]]:
             }
         )
     return out
+
+
+def copy(
+    src: Repository,
+    dst: Repository,
+    names: list[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> CopyResult:
+    """Copy the records ``names`` (every version) from ``src`` to ``dst``; only missing blobs move.
+
+    Both repositories are locked shared for the duration (a prune of either waits).
+    """
+    with locked(src, exclusive=False), locked(dst, exclusive=False):
+        return copy_records(src, dst, names, progress=progress)
 
 
 def forget(repo: Repository, name: str) -> list[str]:

@@ -53,15 +53,28 @@ class _Ctx:
         self.remote = RemoteOptions(env=dict(env), plain_http=plain_http)
         self.err = Console(stderr=True)
 
-    def password(self, *, confirm: bool = False) -> bytes:
-        pw = os.environ.get("CHUNKSTORE_PASSWORD")
+    def password(
+        self,
+        *,
+        confirm: bool = False,
+        var: str = "CHUNKSTORE_PASSWORD",
+        what: str = "Repository password",
+    ) -> bytes:
+        pw = os.environ.get(var)
         if pw is None:
             if not sys.stdin.isatty():
-                raise UsageError("password needed: set CHUNKSTORE_PASSWORD or run on a terminal")
-            pw = click.prompt(
-                "Repository password", hide_input=True, confirmation_prompt=confirm, err=True
-            )
+                raise UsageError(f"password needed: set {var} or run on a terminal")
+            pw = click.prompt(what, hide_input=True, confirmation_prompt=confirm, err=True)
         return pw.encode("utf-8")
+
+    def open_other(self, location: str, var: str, what: str) -> Repository:
+        """Another repository (copy's destination, init's key source); password from ``var``."""
+        return api.open_repository(
+            location,
+            cache_dir=self.cache_dir,
+            password=lambda: self.password(var=var, what=what),
+            remote=self.remote,
+        )
 
     def open(self) -> Repository:
         return api.open_repository(
@@ -162,28 +175,54 @@ def main(
     type=click.IntRange(1, 19),
     help="zstd level (3 is zstd's default; 1-2 are faster, slightly larger).",
 )
-@pass_ctx
+@click.option(
+    "--copy-keys-from",
+    metavar="REPO",
+    help="Take the master key and chunker parameters of REPO (password from "
+    "CHUNKSTORE_FROM_PASSWORD), so that 'copy' can move records between the two.",
+)
+@click.pass_context
 def init(
-    c: _Ctx,
+    ctx: click.Context,
     encrypt: bool,
     chunk_min: str,
     chunk_avg: str,
     chunk_max: str,
     pack_size: str,
     compression_level: int,
+    copy_keys_from: str | None,
 ) -> None:
     """Create a repository."""
+    c: _Ctx = ctx.obj
     params = ChunkerParams(_size(chunk_min), _size(chunk_avg), _size(chunk_max))
-    password = c.password(confirm=True) if encrypt else None
-    repo = api.init_repository(
-        c.location,
-        cache_dir=c.cache_dir,
-        password=password,
-        chunker=params,
-        pack_size=_size(pack_size),
-        compression_level=compression_level,
-        remote=c.remote,
-    )
+    keys_from = None
+    if copy_keys_from is not None:
+        given = [
+            f"--{n.replace('_', '-')}"
+            for n in ("chunk_min", "chunk_avg", "chunk_max")
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot be combined with --copy-keys-from (the chunker "
+                "parameters are taken from that repository)"
+            )
+        keys_from = c.open_other(copy_keys_from, "CHUNKSTORE_FROM_PASSWORD", "Source password")
+    try:
+        password = c.password(confirm=True) if encrypt else None
+        repo = api.init_repository(
+            c.location,
+            cache_dir=c.cache_dir,
+            password=password,
+            chunker=params,
+            pack_size=_size(pack_size),
+            compression_level=compression_level,
+            remote=c.remote,
+            keys_from=keys_from,
+        )
+    finally:
+        if keys_from is not None:
+            keys_from.close()
     with repo:
         repo_id = repo.config.repo_id.hex()
     info = {"repository": c.location, "id": repo_id, "encrypted": encrypt}
@@ -214,6 +253,35 @@ def put(c: _Ctx, name: str, source: str) -> None:
         info,
         f"stored {name}: {stats.bytes_in} bytes in {stats.chunks} chunks, "
         f"{stats.new_bytes} new, {stats.stored_bytes} written (record {record_id.short})",
+    )
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="REPO",
+    help="Destination repository (password from CHUNKSTORE_TO_PASSWORD).",
+)
+@pass_ctx
+def copy(c: _Ctx, names: tuple[str, ...], to: str) -> None:
+    """Copy records NAME... (every version) to another repository; only missing data moves."""
+    with c.open() as src, c.open_other(to, "CHUNKSTORE_TO_PASSWORD", "Destination password") as dst:
+        with c.bytes_progress(None, "copy") as tick:
+            result = api.copy(src, dst, list(names), progress=tick)
+    info = {
+        "copied": result.copied,
+        "already_present": result.present,
+        "blobs": result.blobs,
+        "bytes": result.bytes,
+        "stored_bytes": result.stored_bytes,
+    }
+    c.emit(
+        info,
+        f"copied {len(result.copied)} record(s) to {to} ({len(result.present)} already there): "
+        f"{result.blobs} blobs, {result.bytes} bytes, {result.stored_bytes} written",
     )
 
 

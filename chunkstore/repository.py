@@ -147,8 +147,26 @@ class Repository:
         pack_size: int = DEFAULT_PACK_SIZE,
         compression_level: int = 3,
         kdf: crypto.KdfParams = crypto.KDF_FLOOR,
+        keys_from: Repository | None = None,
     ) -> Repository:
-        """Create a repository (encrypted when ``password`` is given) and open it."""
+        """Create a repository (encrypted when ``password`` is given) and open it.
+
+        ``keys_from``: an open repository whose master key and chunker parameters the new one
+        takes, so both name blobs alike and ``copy`` can move records between them (the new
+        repository is encrypted exactly when that one is).
+        """
+        master: crypto.MasterKey | None = None
+        if keys_from is not None:
+            if keys_from.config.encrypted != (password is not None):
+                raise UsageError(
+                    "a repository made with the keys of an encrypted repository must be encrypted "
+                    "too (and one made from an unencrypted repository must not be): "
+                    + ("give a password" if keys_from.config.encrypted else "drop --encrypt")
+                )
+            master = keys_from._master
+            chunker = keys_from.config.chunker
+        elif password is not None:
+            master = crypto.MasterKey.generate()
         try:
             backend.stat(Handle.config())
         except NotFound:
@@ -162,7 +180,6 @@ class Repository:
             pack_size=pack_size,
             compression_level=compression_level,
         )
-        master = crypto.MasterKey.generate() if password is not None else None
         backend.create()
         if master is not None and password is not None:
             cls._write_key(backend, master, password, config.repo_id, kdf)

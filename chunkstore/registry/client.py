@@ -230,7 +230,7 @@ class RegistryClient:
             self._base = httpx.URL(f"{scheme}://{host}/")
         except httpx.InvalidURL:
             raise UsageError(f"invalid registry host {host!r:.100}") from None
-        if not self._base.host or self._base.path != "/":
+        if not self._base.host or self._base.path != "/" or self._base.userinfo:
             raise UsageError(f"invalid registry host {host!r:.100}")
         self.host = host
         self.name = name

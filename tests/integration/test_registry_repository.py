@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 from pathlib import Path
 
@@ -135,3 +136,45 @@ def test_basic_auth_registry(auth_registry: RunningRegistry, tmp_path: Path) -> 
     assert wrong not in str(info.value) and auth_registry.password not in str(info.value)
     with pytest.raises(AuthError):
         api.open_repository(location, cache_dir=tmp_path / "c3")
+
+
+def test_cli_copy_local_to_registry_and_back(registry: RunningRegistry, tmp_path: Path) -> None:
+    write_image(tmp_path / "src", "v1", [layer_tar(_files(5, n=12))])
+    local, back = str(tmp_path / "local"), str(tmp_path / "back")
+    remote = f"registry:{registry.host}/copy/r{next(_names)}"
+    runner = CliRunner()
+    env = {
+        "CHUNKSTORE_CACHE": str(tmp_path / "cache"),
+        "CHUNKSTORE_PASSWORD": "pw-local",
+        "CHUNKSTORE_FROM_PASSWORD": "pw-local",
+        "CHUNKSTORE_TO_PASSWORD": "pw-remote",
+    }
+
+    def run(repo: str, *args: str, **extra: str) -> str:
+        result = runner.invoke(main, ["--json", "--repo", repo, *args], env={**env, **extra})
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result.stdout
+
+    run(local, "init", "--encrypt")
+    run(local, "backup", f"oci:{tmp_path / 'src'}:v1", "--tag", "app")
+    run(remote, "init", "--encrypt", "--copy-keys-from", local, CHUNKSTORE_PASSWORD="pw-remote")
+    first = json.loads(run(local, "copy", "app", "--to", remote))
+    assert len(first["copied"]) == 1 and first["blobs"] > 0
+    again = json.loads(run(local, "copy", "app", "--to", remote))
+    assert again["copied"] == [] and again["blobs"] == 0
+    # And back into a third repository, from the registry alone.
+    run(back, "init", "--encrypt", "--copy-keys-from", remote, CHUNKSTORE_FROM_PASSWORD="pw-remote")
+    run(
+        remote,
+        "copy",
+        "app",
+        "--to",
+        back,
+        CHUNKSTORE_PASSWORD="pw-remote",
+        CHUNKSTORE_TO_PASSWORD="pw-local",
+    )
+    run(back, "restore", "app", f"oci:{tmp_path / 'out'}:v1")
+    run(back, "check", "--read-data")
+    src = OCILayout(tmp_path / "src").resolve("v1")[0]
+    out = OCILayout(tmp_path / "out").resolve("v1")[0]
+    assert src.manifest_bytes == out.manifest_bytes and src.config_bytes == out.config_bytes
