@@ -25,6 +25,7 @@ from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.copy import CopyResult, copy_records
 from chunkstore.errors import UsageError
 from chunkstore.lock import acquire_lock
+from chunkstore.publish import PublishReport, publish_names
 from chunkstore.repository import PasswordSource, Repository
 from chunkstore.streams import StoreStats, iter_stream, store_stream
 from index.chunklist import StreamBody
@@ -41,6 +42,7 @@ __all__ = [
     "locked",
     "open_repository",
     "prune",
+    "publish",
     "put",
     "rebuild_index",
     "repository_stats",
@@ -161,7 +163,19 @@ def copy(
     Both repositories are locked shared for the duration (a prune of either waits).
     """
     with locked(src, exclusive=False), locked(dst, exclusive=False):
-        return copy_records(src, dst, names, progress=progress)
+        result = copy_records(src, dst, names, progress=progress)
+        publish_names(dst, set(names))
+        return result
+
+
+def publish(repo: Repository, names: set[str] | None = None) -> PublishReport:
+    """Update the image tags of a registry repository for ``names`` (all when None).
+
+    Each record name is also an ordinary registry tag (see :mod:`chunkstore.publish`); local
+    repositories have none and nothing happens.
+    """
+    with locked(repo, exclusive=False):
+        return publish_names(repo, names)
 
 
 def forget(repo: Repository, name: str) -> list[str]:
@@ -172,6 +186,7 @@ def forget(repo: Repository, name: str) -> list[str]:
             repo.find_record(name)  # raises a clear MissingObject
         for rid in ids:
             repo.remove_record(rid)
+        publish_names(repo, {name})
         return [rid.hex for rid in ids]
 
 
@@ -225,6 +240,9 @@ def prune(
 ) -> _prune.PruneReport:
     """Delete unreferenced data under an exclusive lock (see :mod:`chunkstore.prune`)."""
     with locked(repo, exclusive=True):
-        return _prune.prune(
+        report = _prune.prune(
             repo, dry_run=dry_run, repack_fraction=repack_fraction, progress=progress
         )
+        if not dry_run:
+            publish_names(repo)  # image tags must not keep deleted packs alive
+        return report

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ from chunkstore.errors import (
 )
 from chunkstore.registry.auth import RegistryAuth, credentials_for
 from chunkstore.registry.client import RegistryClient
-from chunkstore.registry.reference import is_loopback, parse_reference
+from chunkstore.registry.reference import is_loopback, parse_reference, validate_tag
 from index.errors import Malformed
 from index.ids import Digest
 
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACT_TYPE",
     "FILE_ANNOTATION",
+    "IMAGE_ARTIFACT_TYPE",
     "TAG_PREFIX",
     "RegistryBackend",
     "file_manifest",
@@ -68,6 +69,11 @@ __all__ = [
 
 #: ``artifactType`` of every file manifest.
 ARTIFACT_TYPE = "application/vnd.chunkstore.file.v1"
+#: ``artifactType`` of an image tag's manifest (config: the record; layers: the files it needs).
+IMAGE_ARTIFACT_TYPE = "application/vnd.chunkstore.image.v1"
+#: Descriptors per image-tag manifest; more are split into parts under an index (4 MiB limit).
+_PART_FILES = 8000
+_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 #: Annotation naming the file a manifest holds (``<type>/<name>``).
 FILE_ANNOTATION = "dev.chunkstore.file"
 #: Every tag this backend writes starts with this (image tags never do).
@@ -317,6 +323,98 @@ class RegistryBackend:
         return iter(
             [FileInfo(h, e.size) for h, e in zip(handles, entries, strict=True) if e is not None]
         )
+
+    # ------------------------------------------------------------------ image tags
+    def _descriptor(self, handle: Handle, entry: _Entry) -> dict[str, Any]:
+        return {
+            "mediaType": file_media_type(handle.type),
+            "digest": str(entry.blob),
+            "size": entry.size,
+            "annotations": {FILE_ANNOTATION: f"{handle.type.value}/{handle.name}"},
+        }
+
+    def _json(self, doc: dict[str, Any]) -> bytes:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def publish(self, tag: str, record: Handle, files: Sequence[Handle]) -> Digest:
+        """Point image tag ``tag`` at a manifest whose config is ``record`` and layers ``files``.
+
+        Every referenced blob is confirmed present first (a registry may have collected one),
+        so a tag never points at a missing blob. Beyond _PART_FILES files the layers are split
+        into parts pushed by digest, and the tag holds an OCI index of the parts.
+        """
+        validate_tag(tag)
+        if tag.startswith(TAG_PREFIX):
+            raise UsageError(f"image tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}")
+        handles = [record, *files]
+        with ThreadPoolExecutor(max_workers=_LIST_WORKERS) as pool:
+            entries = list(pool.map(self._require, handles))
+            sizes = list(pool.map(self._client.head_blob, [e.blob for e in entries]))
+        for h, e, size in zip(handles, entries, sizes, strict=True):
+            if size != e.size:
+                raise RegistryError(
+                    f"{self.location} does not serve {h} (blob {e.blob.short}); the image tag "
+                    f"{tag!r} was not pushed; run 'chunkstore check'"
+                )
+        config = self._descriptor(record, entries[0])
+        layers = [self._descriptor(h, e) for h, e in zip(files, entries[1:], strict=True)]
+        parts = [layers[i : i + _PART_FILES] for i in range(0, len(layers), _PART_FILES)] or [[]]
+        manifests = [
+            self._json(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": _OCI_MANIFEST,
+                    "artifactType": IMAGE_ARTIFACT_TYPE,
+                    "config": config,
+                    "layers": part,
+                }
+            )
+            for part in parts
+        ]
+        if len(manifests) == 1:
+            return self._client.put_manifest(tag, manifests[0], _OCI_MANIFEST)
+        descs = []
+        for data in manifests:
+            digest = self._client.put_manifest(_sha256(data), data, _OCI_MANIFEST)
+            descs.append(
+                {
+                    "mediaType": _OCI_MANIFEST,
+                    "artifactType": IMAGE_ARTIFACT_TYPE,
+                    "digest": str(digest),
+                    "size": len(data),
+                }
+            )
+        index = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_INDEX,
+            "artifactType": IMAGE_ARTIFACT_TYPE,
+            "manifests": descs,
+        }
+        return self._client.put_manifest(tag, self._json(index), _OCI_INDEX)
+
+    def published_record(self, tag: str) -> Digest | None:
+        """The record blob digest image tag ``tag`` points at (None: no such image tag)."""
+        try:
+            fetched = self._client.get_manifest(tag, accept=(_OCI_MANIFEST, _OCI_INDEX))
+        except RegistryObjectMissing:
+            return None
+        try:
+            doc = json.loads(fetched.data)
+            if doc.get("artifactType") != IMAGE_ARTIFACT_TYPE:
+                return None
+            if doc.get("mediaType") == _OCI_INDEX:
+                first = Digest.parse(doc["manifests"][0]["digest"])
+                doc = json.loads(self._client.get_manifest(first, accept=(_OCI_MANIFEST,)).data)
+            return Digest.parse(doc["config"]["digest"])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, Malformed) as exc:
+            raise CorruptMetadata(
+                f"image tag {tag!r} of {self.location} is invalid: {exc}"
+            ) from exc
+
+    def unpublish(self, tag: str) -> None:
+        """Delete image tag ``tag`` (its manifest; parts go with the registry's GC)."""
+        fetched = self._client.get_manifest(tag, accept=(_OCI_MANIFEST, _OCI_INDEX))
+        self._client.delete_manifest(fetched.digest)
 
     def close(self) -> None:
         """Close the client's connections."""

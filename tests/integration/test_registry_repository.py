@@ -14,12 +14,14 @@ from click.testing import CliRunner
 
 from chunkstore import api
 from chunkstore.backends import RemoteOptions
+from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.cli import main
 from chunkstore.errors import AuthError
 from chunkstore.images.backup import backup_image, restore_image
 from chunkstore.images.oci_layout import OCILayout
 from chunkstore.repository import Repository
+from index.ids import Digest
 from tests.images.test_backup_restore import layer_tar, write_image
 from tests.integration.registry_fixture import RunningRegistry
 
@@ -178,3 +180,52 @@ def test_cli_copy_local_to_registry_and_back(registry: RunningRegistry, tmp_path
     src = OCILayout(tmp_path / "src").resolve("v1")[0]
     out = OCILayout(tmp_path / "out").resolve("v1")[0]
     assert src.manifest_bytes == out.manifest_bytes and src.config_bytes == out.config_bytes
+
+
+def test_image_tags_follow_records_through_forget_and_prune(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    from chunkstore.backends.registry import IMAGE_ARTIFACT_TYPE, RegistryBackend
+    from chunkstore.registry.client import RegistryClient
+
+    name = f"tags/r{next(_names)}"
+    write_image(tmp_path / "a", "v1", [layer_tar(_files(6, n=20))])
+    write_image(tmp_path / "b", "v1", [layer_tar(_files(7, n=20))])
+    client = RegistryClient(registry.host, name, plain_http=True)
+    try:
+        with _repo(registry, tmp_path, name, init=True) as repo:
+            backup_image(repo, f"oci:{tmp_path / 'a'}:v1", "app-a")
+            backup_image(repo, f"oci:{tmp_path / 'b'}:v1", "app-b")
+            backup_image(repo, f"oci:{tmp_path / 'b'}:v1", "not a valid tag!")
+            report = api.publish(repo)
+            assert report.pushed == ["app-a", "app-b"]
+            assert report.unpublishable == ["not a valid tag!"]
+            assert isinstance(repo.backend, RegistryBackend)
+            rid_a = repo.find_record("app-a")[0]
+
+            def tag_doc(tag: str) -> dict[str, object]:
+                return json.loads(client.get_manifest(tag).data)  # type: ignore[no-any-return]
+
+            doc = tag_doc("app-a")
+            assert doc["artifactType"] == IMAGE_ARTIFACT_TYPE
+            assert doc["config"]["digest"] == f"sha256:{rid_a.hex}"  # type: ignore[index]
+            layers = doc["layers"]
+            assert isinstance(layers, list)
+            for layer in layers:  # every blob the tag references is there
+                assert client.head_blob(Digest.parse(layer["digest"])) == layer["size"]
+            packs_a = {x["digest"] for x in layers if x["mediaType"].endswith("pack.v1")}
+            assert packs_a
+            api.forget(repo, "app-a")
+            assert "app-a" not in client.list_tags() and "app-b" in client.list_tags()
+            api.prune(repo)
+            doc_b = tag_doc("app-b")
+            live = {f"sha256:{i.handle.name}" for i in repo.backend.list(FileType.PACK)}
+            packs_b = {
+                x["digest"]
+                for x in doc_b["layers"]  # type: ignore[attr-defined]
+                if x["mediaType"].endswith("pack.v1")
+            }
+            assert packs_b and packs_b <= live
+            assert api.check(repo, read_data=True).ok
+    finally:
+        client.close()
