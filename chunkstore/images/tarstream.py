@@ -21,7 +21,7 @@ raises :class:`TarError`. Names are bytes: nothing here decodes, normalises or r
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from chunkstore.errors import UsageError
@@ -371,8 +371,9 @@ class TarReader:
             if typeflag == b"S":
                 sparse, ext = self._old_gnu_sparse(block)
                 raw += ext
-            entry = self._entry(block, typeflag, size, merged, long_name, long_link, sparse)
-            entry = replace(entry, pax=tuple(pax_list))
+            entry = self._entry(
+                block, typeflag, size, merged, long_name, long_link, sparse, tuple(pax_list)
+            )
             pax, pax_list, long_name, long_link = {}, [], None, None
             if raw:
                 yield Raw(bytes(raw))
@@ -433,6 +434,7 @@ class TarReader:
         long_name: bytes | None,
         long_link: bytes | None,
         sparse: tuple[int, tuple[tuple[int, int], ...]] | None,
+        pax_records: tuple[tuple[bytes, bytes], ...],
     ) -> TarEntry:
         name = _cstr(block[0:100])
         if block[257:263] == b"ustar\x00":
@@ -491,4 +493,5 @@ class TarReader:
             devminor=devminor,
             xattrs=tuple(sorted(xattrs)),
             sparse=sparse,
+            pax=pax_records,
         )
