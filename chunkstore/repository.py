@@ -126,12 +126,15 @@ class Repository:
         self._stored = threading.Condition(self._mutex)
         self._unindexed_packs: list[IndexedPack] = []
         self.lock: LockCheck | None = None
-        # Finished packs are verified and stored by one background thread, so that sealing,
-        # verification and storage overlap with chunking; the queue bounds memory to 2 packs.
+        # Finished packs are verified and stored by background threads, so that sealing,
+        # verification and storage overlap with chunking. A backend with latency (a registry)
+        # asks for several (``upload_concurrency``); the queue bounds memory to 2 packs more
+        # than the uploads in progress.
+        self._upload_threads = max(1, int(getattr(backend, "upload_concurrency", 1)))
         self._uploads: queue.Queue[PackWriter | None] | None = (
-            queue.Queue(maxsize=2) if background_uploads else None
+            queue.Queue(maxsize=self._upload_threads + 1) if background_uploads else None
         )
-        self._uploader: threading.Thread | None = None
+        self._uploaders: list[threading.Thread] = []
         self._upload_error: BaseException | None = None
         self.stats = {"packs_written": 0, "index_files_written": 0, "bytes_written": 0}
 
@@ -277,10 +280,12 @@ class Repository:
 
     def close(self) -> None:
         """Stop the uploader and close the index cache (does not flush: call :meth:`flush`)."""
-        if self._uploader is not None and self._uploads is not None:
-            self._uploads.put(None)
-            self._uploader.join()
-            self._uploader = None
+        if self._uploads is not None:
+            for _ in self._uploaders:
+                self._uploads.put(None)
+            for thread in self._uploaders:
+                thread.join()
+            self._uploaders = []
         self.index.close()
         self.backend.close()
 
@@ -387,11 +392,14 @@ class Repository:
             self._store_pack(finished)
             return
         self._raise_upload_error()
-        if self._uploader is None:
-            self._uploader = threading.Thread(
-                target=self._upload_loop, name="chunkstore-pack-upload", daemon=True
+        while len(self._uploaders) < self._upload_threads:
+            thread = threading.Thread(
+                target=self._upload_loop,
+                name=f"chunkstore-pack-upload-{len(self._uploaders)}",
+                daemon=True,
             )
-            self._uploader.start()
+            thread.start()
+            self._uploaders.append(thread)
         self._uploads.put(finished)
 
     def _upload_loop(self) -> None:

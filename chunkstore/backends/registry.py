@@ -177,9 +177,13 @@ def _parse_manifest(handle: Handle, data: bytes, digest: Digest) -> _Entry:
 class RegistryBackend:
     """The repository files of one registry repository (see the module docstring)."""
 
-    def __init__(self, client: RegistryClient) -> None:
-        """Store files through ``client`` (which it then owns and closes)."""
+    def __init__(self, client: RegistryClient, *, upload_concurrency: int = 4) -> None:
+        """Store files through ``client`` (which it then owns and closes).
+
+        ``upload_concurrency``: packs a repository may upload at once (round trips overlap).
+        """
         self._client = client
+        self.upload_concurrency = upload_concurrency
         self._entries: dict[Handle, _Entry] = {}
         self._lock = threading.Lock()
         self._empty_uploaded = False

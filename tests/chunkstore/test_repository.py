@@ -557,3 +557,39 @@ def test_record_round_trip_and_listing(tmp_path: Path) -> None:
             repo.find_record("three")
         repo.remove_record(r3)
         assert repo.find_record("one")[0] == r1
+
+
+class _SlowConcurrentBackend(MemoryBackend):
+    """Pack saves take a while; records how many run at once."""
+
+    upload_concurrency = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    def save(self, handle: Handle, data: bytes, *, overwrite: bool = False) -> None:
+        if handle.type is FileType.PACK:
+            with self._gate:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(0.05)
+            with self._gate:
+                self.running -= 1
+        super().save(handle, data, overwrite=overwrite)
+
+
+def test_backend_upload_concurrency_overlaps_pack_uploads(tmp_path: Path) -> None:
+    backend = _SlowConcurrentBackend()
+    repo = Repository.init(
+        backend, cache_dir=tmp_path, chunker=ChunkerParams(1024, 4096, 16384), pack_size=64 << 10
+    )
+    rnd = random.Random(5)
+    blobs = [rnd.randbytes(8000) for _ in range(200)]
+    ids = [repo.save_blob(BlobType.DATA, b).id for b in blobs]
+    repo.flush()
+    assert backend.peak >= 2, backend.peak  # several packs were in flight at once
+    assert [repo.load_blob(i) for i in ids] == blobs
+    repo.close()
