@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ from chunkstore.errors import (
     RegistryError,
     RegistryObjectMissing,
     ShortRead,
+    Transient,
     UsageError,
 )
 from chunkstore.registry.auth import RegistryAuth, credentials_for
@@ -54,6 +56,8 @@ from index.ids import Digest
 
 if TYPE_CHECKING:
     from chunkstore.backends import RemoteOptions
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARTIFACT_TYPE",
@@ -249,12 +253,22 @@ class RegistryBackend:
                     "refusing to replace it"
                 )
         self._ensure_empty()
-        if len(data) > _MONOLITHIC_MAX:
-            view = memoryview(data)
-            pieces = [bytes(view[i : i + _PIECE]) for i in range(0, len(data), _PIECE)]
-            self._client.put_blob_stream(pieces, blob, len(data), chunk_size=_PIECE)
-        else:
-            self._client.put_blob(data, blob)
+        try:
+            if len(data) > _MONOLITHIC_MAX:
+                view = memoryview(data)
+                pieces = [bytes(view[i : i + _PIECE]) for i in range(0, len(data), _PIECE)]
+                self._client.put_blob_stream(pieces, blob, len(data), chunk_size=_PIECE)
+            else:
+                self._client.put_blob(data, blob)
+        except (RegistryError, Transient) as exc:
+            # Concurrent uploads of one blob race inside the registry (distribution answers the
+            # loser with DIGEST_INVALID or an error); the blob is content-addressed, so if the
+            # registry now serves it at the right size, the upload is done (reads verify it).
+            if self._client.head_blob(blob) != len(data):
+                raise
+            logger.info(
+                "upload of %s failed (%s), but the registry holds it: continuing", handle, exc
+            )
         # The registry said it stored the blob; believe it only when it serves it back.
         present = self._client.head_blob(blob)
         if present != len(data):

@@ -8,6 +8,9 @@ Sources and targets use skopeo's transport names:
 ``dir:PATH``                   backup: a root filesystem directory, stored as a one-layer image
                                (:mod:`chunkstore.images.dirsource`); restore: the merged root
                                file system extracted (:mod:`chunkstore.images.extract`)
+``docker://HOST[:PORT]/NAME``  an image in a registry (``[:TAG|@DIGEST]``; restore: ``[:TAG]``),
+                               pulled and pushed by :mod:`chunkstore.images.registry_image`;
+                               ``remote`` gives plain HTTP and credentials
 =============================  ==================================================================
 
 Backup of one image, per platform::
@@ -18,11 +21,13 @@ Backup of one image, per platform::
     3. apply the layers' members in order (whiteouts) -> merged root tree blobs
     4. flush packs and index, then write the ``image`` record named by the tag (written last)
 
-Restore of a record into ``oci:DIR[:REF]``::
+Restore of a record into ``oci:DIR[:REF]`` or ``docker://HOST[:PORT]/NAME[:TAG]`` (one code
+path, :func:`_write_images`, feeding an OCI layout writer or a registry push)::
 
-    per layer: recipe -> tar (checked against diff_id) -> recompress -> blob written atomically
-    (its digest: the original when reproducible, else a new one and the manifest is rewritten)
-    config bytes as stored (same image ID) -> manifest -> index.json entry (written last)
+    per layer: recipe -> tar (checked against diff_id) -> recompress -> spool file (digest)
+    -> blob stored (its digest: the original when reproducible, else a new one and the manifest
+    is rewritten); a registry that already holds a blob is not sent it again
+    config bytes as stored (same image ID) -> manifest -> index.json entry / tag (written last)
 
 into ``docker-archive:FILE[:TAG]`` (one platform; the archive is written atomically)::
 
@@ -42,11 +47,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, Protocol, cast
 
+from chunkstore.backends import RemoteOptions
 from chunkstore.blob import BlobType
 from chunkstore.errors import UsageError
 from chunkstore.images.compression import (
+    DEFAULT_GZIP_LEVEL,
     OCI_LAYER_TAR,
     Compression,
     Reproduction,
@@ -61,6 +68,7 @@ from chunkstore.images.extract import extract_tree
 from chunkstore.images.ingest import IngestedMember, ingest_layer
 from chunkstore.images.oci_layout import (
     MAX_MANIFEST_SIZE,
+    OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
     ImageRef,
@@ -69,6 +77,13 @@ from chunkstore.images.oci_layout import (
     Platform,
 )
 from chunkstore.images.rebuild import rebuild_layer, recipe_members
+from chunkstore.images.registry_image import (
+    DOCKER_PREFIX,
+    RegistrySource,
+    RegistryTarget,
+    open_client,
+    parse_docker_reference,
+)
 from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
@@ -91,7 +106,7 @@ __all__ = [
 
 #: The image locations understood, in skopeo's transport syntax.
 TRANSPORTS = ("oci", "docker-archive", "dir")
-_USAGE = "use oci:DIR[:REF], docker-archive:FILE[:REF] or dir:PATH"
+_USAGE = "use oci:DIR[:REF], docker-archive:FILE[:REF], dir:PATH or docker://HOST[:PORT]/NAME[:TAG]"
 
 _TYPES = {
     b"0": NodeType.FILE,
@@ -172,15 +187,20 @@ def backup_image(
     platform: str | None = None,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    remote: RemoteOptions | None = None,
 ) -> BackupResult:
     """Back up the image(s) at ``source`` under the record name ``tag``.
 
-    ``source`` is ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]`` or ``dir:PATH`` (see the
-    module docstring). ``platform`` selects one platform of an OCI index; for a docker archive it
-    must match the image's; for a directory it is the platform written into the generated config
-    (default: this machine's).
+    ``source`` is ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]``, ``dir:PATH`` or
+    ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` (see the module docstring). ``platform`` selects
+    one platform of an OCI index or a registry image; for a docker archive it must match the
+    image's; for a directory it is the platform written into the generated config (default: this
+    machine's). ``remote`` says how to reach a registry (plain HTTP, credentials).
     """
-    transport, path, ref = parse_source(source)
+    if source.startswith(DOCKER_PREFIX):
+        transport, path, ref = "docker", Path(), None
+    else:
+        transport, path, ref = parse_source(source)
     entries: list[ImageEntry] = []
     result = BackupResult(record_id=sha256(b""), images=0, layers=0)
     index_bytes: bytes | None = None
@@ -194,13 +214,26 @@ def backup_image(
                 entries.append(
                     _backup_one(repo, image, layout.open_blob, _layout_head(layout), storer, result)
                 )
-            # A multi-platform image keeps its (outermost) image index, exact, when every
-            # platform was taken: a restore then gives back the same index digest.
-            outer = {im.parents[0] for im in images if im.parents}
-            if platform is None and len(outer) == 1 and all(im.parents for im in images):
-                (index_desc,) = outer
+            index_desc = _outer_index(images, platform)
+            if index_desc is not None:
                 index_bytes = layout.read_blob(index_desc, MAX_MANIFEST_SIZE)
                 index_media_type = index_desc.media_type
+        elif transport == "docker":
+            reference = parse_docker_reference(source)
+            with RegistrySource(open_client(reference, remote), reference) as registry:
+                images = registry.resolve(platform)
+                for image in images:
+                    # Layers already stored are reused before their blob is ever opened, so
+                    # they are not downloaded (RegistrySource fetches a layer on first open).
+                    entries.append(
+                        _backup_one(
+                            repo, image, registry.open_blob, registry.read_head, storer, result
+                        )
+                    )
+                index_desc = _outer_index(images, platform)
+                if index_desc is not None:
+                    index_bytes = registry.read_manifest(index_desc)
+                    index_media_type = index_desc.media_type
         elif transport == "docker-archive":
             with DockerArchive(path) as archive:
                 image = archive.resolve(ref)
@@ -225,6 +258,19 @@ def backup_image(
     # Everything this backup added to packs: chunks and metadata (trees, recipes, lists).
     result.stored_bytes = repo.stats["bytes_written"] - written_before
     return result
+
+
+def _outer_index(images: list[ImageRef], platform: str | None) -> Descriptor | None:
+    """The image index to keep, exact, or None.
+
+    A multi-platform image keeps its (outermost) image index when every platform was taken: a
+    restore then gives back the same index digest.
+    """
+    outer = {im.parents[0] for im in images if im.parents}
+    if platform is None and len(outer) == 1 and all(im.parents for im in images):
+        (index_desc,) = outer
+        return index_desc
+    return None
 
 
 _OpenBlob = Callable[[Descriptor], Any]
@@ -456,6 +502,10 @@ class RestoreResult:
     notes: list[str] = field(default_factory=list)
     #: ``dir:`` targets: entries not created, as ``"path: reason"`` (also summarised in notes).
     skipped: list[str] = field(default_factory=list)
+    #: ``docker://`` targets: blobs sent, their bytes, and blobs the registry already had.
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0
+    present_blobs: int = 0
 
 
 _NOTE_LIMIT = 20
@@ -470,20 +520,44 @@ def restore_image(
     force: bool = False,
     allow_special: bool = False,
     preserve_owner: bool = True,
+    remote: RemoteOptions | None = None,
+    gzip_level: int = DEFAULT_GZIP_LEVEL,
 ) -> RestoreResult:
     """Restore the newest image record ``name`` into ``target``.
 
-    ``target`` is ``oci:DIR[:REF]`` (REF defaults to NAME; every platform), or one platform
+    ``gzip_level``: the zlib level for gzip layers whose original compressor cannot be
+    reproduced (exactly reproducible layers always use their recorded settings).
+
+    ``target`` is ``oci:DIR[:REF]`` (REF defaults to NAME; every platform),
+    ``docker://HOST[:PORT]/NAME[:TAG]`` (pushed to a registry, TAG defaults to ``latest``; every
+    platform, or only ``platform``'s; ``remote``: plain HTTP and credentials), or one platform
     (``platform``, needed when the record holds several) into ``docker-archive:FILE[:TAG]``
     (TAG defaults to ``NAME:latest``; an existing FILE is replaced only with ``force``) or
     ``dir:PATH`` (the merged root file system; PATH must be empty unless ``force``; see
     :func:`chunkstore.images.extract.extract_tree` for ``allow_special`` and
     ``preserve_owner``).
     """
+    if target.startswith(DOCKER_PREFIX):
+        reference = parse_docker_reference(target)
+        if reference.digest is not None:
+            raise UsageError(
+                f"{target:.200}: a restore target names a tag, not a digest (the digest follows "
+                "from the content pushed)"
+            )
+        _, body = repo.find_body(name, "image", ImageBody.from_cbor)
+        if platform is not None:
+            body = ImageBody(
+                source=body.source,
+                images=(_pick_image(body, platform, target),),
+                index=None,
+                index_media_type=None,
+            )
+        with RegistryTarget(open_client(reference, remote), reference.tag or "latest") as registry:
+            return _restore_registry(repo, body, registry, gzip_level)
     transport, path, ref = parse_source(target)
     _, body = repo.find_body(name, "image", ImageBody.from_cbor)
     if transport == "oci":
-        return _restore_oci(repo, body, path, ref or name)
+        return _restore_oci(repo, body, path, ref or name, gzip_level)
     image = _pick_image(body, platform, target)
     if transport == "docker-archive":
         return _restore_docker_archive(repo, image, path, ref, name, force)
@@ -561,38 +635,87 @@ def _restore_docker_archive(
     return result
 
 
-def _restore_oci(repo: Repository, body: ImageBody, path: Path, ref: str) -> RestoreResult:
-    writer = OCILayoutWriter(path)
-    result = RestoreResult()
+class _BlobSink(Protocol):
+    """Where :func:`_write_images` puts blobs: an OCI layout or a registry."""
+
+    def has_blob(self, digest: Digest, size: int) -> bool:
+        """Whether the target holds this blob already (then it is not produced at all)."""
+        ...
+
+    def add_blob_file(self, digest: Digest, size: int, f: IO[bytes]) -> None:
+        """Store the blob spooled in ``f`` (already hashed to ``digest``)."""
+        ...
+
+    def add_blob_bytes(self, data: bytes) -> None:
+        """Store a small blob (a config)."""
+        ...
+
+
+class _LayoutSink:
+    """An OCI layout as a :class:`_BlobSink` (layers always rewritten, as before)."""
+
+    def __init__(self, writer: OCILayoutWriter) -> None:
+        self.writer = writer
+
+    def has_blob(self, digest: Digest, size: int) -> bool:
+        return False
+
+    def add_blob_file(self, digest: Digest, size: int, f: IO[bytes]) -> None:
+        f.seek(0)
+        self.writer.add_blob(digest, _read_pieces(f))
+
+    def add_blob_bytes(self, data: bytes) -> None:
+        self.writer.add_blob(sha256(data), [data])
+
+
+def _expect_exact(layer: LayerRecord) -> bool:
+    """Whether a restore gives back the original layer blob (so its digest is known up front)."""
+    return layer.reproduce is not None or layer.compression == "none"
+
+
+def _write_images(
+    repo: Repository,
+    body: ImageBody,
+    sink: _BlobSink,
+    spool_dir: Path | None,
+    result: RestoreResult,
+    gzip_level: int,
+) -> list[tuple[bytes, ImageEntry]]:
+    """Every layer and config blob of ``body`` into ``sink``; the manifests to store, in order.
+
+    Each layer is rebuilt from its recipe, checked against its diff_id, recompressed (exactly
+    when the record says how) and spooled to a temporary file under ``spool_dir``: the digest
+    must be known before the blob is published, and a layer can be far larger than memory. A
+    manifest whose layers got new digests is rewritten (diff_ids and config unchanged).
+    """
     manifests: list[tuple[bytes, ImageEntry]] = []
     for image in body.images:
         result.images += 1
         new_digests: dict[str, tuple[str, int]] = {}
         for layer in image.layers:
             result.layers += 1
+            if _expect_exact(layer) and sink.has_blob(Digest.parse(layer.digest), layer.size):
+                result.exact_layers += 1
+                continue
             reproduction = (
                 Reproduction.from_dict(layer.reproduce) if layer.reproduce is not None else None
             )
             compression = cast(Compression, layer.compression)
             tar = _IterStream(rebuild_layer(repo, layer.recipe))
-            with tempfile.TemporaryFile(dir=path if path.is_dir() else None) as spool:
-                # Spooled to a temporary file: the digest must be known before the blob is
-                # published, and a layer can be far larger than memory.
+            with tempfile.TemporaryFile(dir=spool_dir) as spool:
                 h = hashlib.sha256()
                 size = 0
-                for piece in recompress(tar, reproduction, compression):
+                for piece in recompress(tar, reproduction, compression, gzip_level=gzip_level):
                     h.update(piece)
                     size += len(piece)
                     spool.write(piece)
                 digest = Digest("sha256", h.digest())
-                spool.seek(0)
-                writer.add_blob(digest, _read_pieces(spool))
+                sink.add_blob_file(digest, size, spool)
             if str(digest) == layer.digest:
                 result.exact_layers += 1
             else:
                 new_digests[layer.digest] = (str(digest), size)
-        config_digest = sha256(image.config)
-        writer.add_blob(config_digest, [image.config])
+        sink.add_blob_bytes(image.config)
         manifest = image.manifest
         if new_digests:
             manifest = _rewrite_manifest(manifest, new_digests)
@@ -603,19 +726,101 @@ def _restore_oci(repo: Repository, body: ImageBody, path: Path, ref: str) -> Res
                 "config, hence the image ID, are unchanged)"
             )
         manifests.append((manifest, image))
+    return manifests
+
+
+def _stored_index(
+    original: bytes,
+    manifests: list[tuple[bytes, ImageEntry]],
+    store: Callable[[bytes, str], Descriptor],
+    result: RestoreResult,
+) -> bytes:
+    """The ``original`` image index, its manifests stored with ``store`` first.
+
+    If a manifest had to be rewritten, the index points at the new one (then the index digest
+    changes too, and a note says why). Attestation entries (platform ``unknown/unknown``, which
+    a backup skips) are dropped, also with a note: a target may not reference what it lacks.
+    """
+    renamed: dict[str, tuple[str, int]] = {}
+    for manifest, image in manifests:
+        desc = store(manifest, image.manifest_media_type)
+        if manifest != image.manifest:
+            renamed[str(sha256(image.manifest))] = (str(desc.digest), desc.size)
+    held = {str(sha256(image.manifest)) for _, image in manifests}
+    doc = json.loads(original)
+    entries = doc.get("manifests", [])
+    kept = [e for e in entries if e.get("digest") in held or not _is_attestation(e)]
+    index = original
+    if len(kept) != len(entries):
+        doc["manifests"] = kept
+        index = json.dumps(doc, separators=(",", ":")).encode()
+        result.notes.append(
+            f"{len(entries) - len(kept)} attestation entries of the image index (not stored by "
+            "a backup) were left out; the index digest differs from the original"
+        )
+    return _rewrite_index(index, renamed) if renamed else index
+
+
+def _is_attestation(entry: Any) -> bool:
+    platform = entry.get("platform") if isinstance(entry, dict) else None
+    return isinstance(platform, dict) and (
+        platform.get("os"),
+        platform.get("architecture"),
+    ) == ("unknown", "unknown")
+
+
+def _restore_oci(
+    repo: Repository, body: ImageBody, path: Path, ref: str, gzip_level: int
+) -> RestoreResult:
+    writer = OCILayoutWriter(path)
+    result = RestoreResult()
+    manifests = _write_images(
+        repo, body, _LayoutSink(writer), path if path.is_dir() else None, result, gzip_level
+    )
     if body.index is not None and body.index_media_type is not None:
-        # Give back the original image index; if a manifest had to be rewritten, point the index
-        # at the new manifest (then the index digest changes too, and the note says why).
-        renamed: dict[str, tuple[str, int]] = {}
-        for manifest, image in manifests:
-            desc = writer.add_bytes(manifest, image.manifest_media_type)
-            if manifest != image.manifest:
-                renamed[str(sha256(image.manifest))] = (str(desc.digest), desc.size)
-        index = _rewrite_index(body.index, renamed) if renamed else body.index
+        index = _stored_index(body.index, manifests, writer.add_bytes, result)
         writer.add_manifest(index, body.index_media_type, ref)
         return result
     for manifest, image in manifests:
         writer.add_manifest(manifest, image.manifest_media_type, ref, image.platform)
+    return result
+
+
+def _restore_registry(
+    repo: Repository, body: ImageBody, target: RegistryTarget, gzip_level: int
+) -> RestoreResult:
+    """Push ``body`` under ``target``'s tag: blobs, then manifests by digest, then the tag."""
+    result = RestoreResult()
+    manifests = _write_images(repo, body, target, None, result, gzip_level)
+    if body.index is not None and body.index_media_type is not None:
+        index = _stored_index(body.index, manifests, target.add_manifest_blob, result)
+        target.tag_manifest(index, body.index_media_type)
+    elif len(manifests) == 1:
+        manifest, image = manifests[0]
+        target.tag_manifest(manifest, image.manifest_media_type)
+    else:
+        # Several images without their original index (e.g. an OCI layout listing one manifest
+        # per platform under a name): a registry tag names one object, so an index is made.
+        entries = []
+        for manifest, image in manifests:
+            desc = target.add_manifest_blob(manifest, image.manifest_media_type)
+            if image.platform is not None:
+                desc = Descriptor(
+                    desc.media_type, desc.digest, desc.size, platform=Platform.parse(image.platform)
+                )
+            entries.append(desc.to_json())
+        index = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
+            separators=(",", ":"),
+        ).encode()
+        target.tag_manifest(index, OCI_INDEX)
+        result.notes.append(
+            f"the record holds {len(manifests)} images without an image index; an OCI image "
+            f"index listing them was pushed as {target.location}"
+        )
+    result.uploaded_blobs = target.stats.uploaded_blobs
+    result.uploaded_bytes = target.stats.uploaded_bytes
+    result.present_blobs = target.stats.present_blobs
     return result
 
 

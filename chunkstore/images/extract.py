@@ -2,13 +2,21 @@
 
 ::
 
-    root tree blob -> nodes (validated) -> per directory, depth first, iteratively:
-        files     O_CREAT|O_EXCL|O_NOFOLLOW under the parent's dir fd; content from the chunks,
-                  loaded in batches (load_blobs), size checked; sparse maps become holes
+    root tree -> directories depth first; each directory's subtrees loaded in one batched read
+        dirs      mkdirat 0700, opened relative to the parent's fd; when everything inside is
+                  done (children first), their mode, owner, xattrs, mtime, then closed
         symlinks  symlinkat (the target is stored as is and never followed)
-        hardlinks linkat to the group's first extracted member (``node.hardlink`` groups)
         fifos     mkfifoat;  devices: mknodat only with ``allow_special`` as root, else skipped
-        dirs      mkdirat 0700, filled; at the end (children first) their mode, owner, mtime
+        files     gathered into groups (small files together, up to 4 MiB / 256 files / 32 dirs;
+                  a large file alone) and handed to worker threads: one load_blobs per group
+                  (pack-grouped, coalesced reads; every chunk decompressed and verified against
+                  its id), then O_CREAT|O_EXCL|O_NOFOLLOW under the parent's dir fd, written,
+                  size checked; sparse maps become holes
+        hardlinks linkat to the group's first member once that member is written
+
+The walk (tree decoding, directories, links) runs in the calling thread while the workers read,
+verify and write file content: zstd, SHA-256 and the file system calls release the GIL. At most
+``2 * workers`` groups are in flight, which bounds memory and open directory descriptors.
 
 Nothing is ever written outside ``dest``: every directory is opened relative to its parent's fd
 with ``O_NOFOLLOW|O_DIRECTORY``, every entry is created by a single-component name relative to
@@ -26,7 +34,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +48,19 @@ from index.errors import FormatError
 from index.ids import Digest
 from index.tree import Node, NodeType, decode_tree
 
-__all__ = ["ExtractResult", "extract_tree"]
+__all__ = ["DEFAULT_WORKERS", "ExtractResult", "extract_tree"]
 
-_BATCH_CHUNKS = 64
-_BATCH_BYTES = 8 << 20
+#: Worker threads writing file content (more contend for the GIL with the walk: measured).
+DEFAULT_WORKERS = 2
+_BATCH_BYTES = 8 << 20  # chunks loaded at once for one large file
+_GROUP_BYTES = 4 << 20  # a group of small files; a file this large is a group of its own
+_GROUP_FILES = 256
+_GROUP_DIRS = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+
+_Parts = tuple[bytes, ...]
 
 
 @dataclass(slots=True)
@@ -62,6 +78,17 @@ class ExtractResult:
     #: Attributes not restored (owners, xattrs, special mode bits), as ``"path: what"``.
     warnings: list[str] = field(default_factory=list)
 
+    def merge(self, other: ExtractResult) -> None:
+        """Add ``other``'s counts and messages to this result."""
+        self.files += other.files
+        self.dirs += other.dirs
+        self.symlinks += other.symlinks
+        self.hardlinks += other.hardlinks
+        self.others += other.others
+        self.bytes += other.bytes
+        self.skipped += other.skipped
+        self.warnings += other.warnings
+
 
 def _show(parts: Iterable[bytes]) -> str:
     return os.fsdecode(b"/".join(parts)) or "."
@@ -73,6 +100,86 @@ def _check_name(name: bytes) -> bytes:
     return name
 
 
+class _DirRef:
+    """An open directory of the destination, shared by everything that still writes into it.
+
+    The walk holds one reference while it fills the directory, each subdirectory one on its
+    parent until it is finished itself, each file group one per file and each waiting hard link
+    one. All are taken and released in the walk's thread (workers only use the fd while their
+    group holds it). The last release applies the directory's own metadata (mode, owner,
+    xattrs, mtime: after every entry inside it exists, children before parents), then closes it.
+    """
+
+    __slots__ = ("_refs", "ex", "fd", "node", "parent", "parts")
+
+    def __init__(
+        self,
+        ex: _Extractor,
+        fd: int,
+        parts: _Parts,
+        node: Node | None,
+        parent: _DirRef | None,
+    ) -> None:
+        self.ex = ex
+        self.fd = fd
+        self.parts = parts
+        self.node = node  # None for the destination itself (its metadata is the caller's)
+        self.parent = parent
+        self._refs = 1
+        ex.live.add(self)
+
+    def acquire(self) -> None:
+        self._refs += 1
+
+    def release(self) -> None:
+        self._refs -= 1
+        if self._refs:
+            return
+        self.ex.live.discard(self)
+        try:
+            if self.node is not None:
+                self.ex.finish_dir(self.fd, self.parts, self.node)
+        finally:
+            os.close(self.fd)
+        if self.parent is not None:
+            self.parent.release()
+
+
+@dataclass(slots=True)
+class _FileJob:
+    """One regular file to create in the directory ``dir``."""
+
+    dir: _DirRef
+    name: bytes
+    path: _Parts
+    node: Node
+
+
+@dataclass(slots=True)
+class _Group:
+    """Files written together by one worker: their chunks are loaded in one batch."""
+
+    files: list[_FileJob] = field(default_factory=list)
+    dirs: set[int] = field(default_factory=set)
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class _LinkSet:
+    """A hard-link group: its first member, and the members waiting for it to be written."""
+
+    first: _Parts
+    done: bool = False
+    waiting: list[tuple[_DirRef, bytes, _Parts]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    allow_special: bool
+    is_root: bool
+    chown: bool
+
+
 class _Extractor:
     def __init__(
         self,
@@ -82,50 +189,48 @@ class _Extractor:
         force: bool,
         allow_special: bool,
         preserve_owner: bool,
+        workers: int,
     ) -> None:
         self.repo = repo
         self.root_fd = root_fd
         self.force = force
-        self.allow_special = allow_special
-        self.is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.chown = preserve_owner and self.is_root
+        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.opts = _Options(allow_special, is_root, preserve_owner and is_root)
+        self.workers = max(1, workers)
         self.result = ExtractResult()
-        # hard-link group id -> path (components) of the member extracted first
-        self.groups: dict[bytes, tuple[bytes, ...]] = {}
+        self.live: set[_DirRef] = set()
+        # hard-link group id -> its first member and the members waiting for it
+        self.linksets: dict[bytes, _LinkSet] = {}
+        self.group = _Group()
+        self.inflight: deque[tuple[Future[ExtractResult], _Group]] = deque()
 
     # -- navigation ---------------------------------------------------------------------------
 
-    def open_dir(self, parts: tuple[bytes, ...]) -> int:
+    def open_dir(self, parts: _Parts) -> int:
         """Open DEST/parts, component by component, never following a symlink."""
         fd = os.dup(self.root_fd)
         try:
             for i, name in enumerate(parts):
-                try:
-                    nxt = os.open(_check_name(name), _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    raise UsageError(
-                        f"cannot open {_show(parts[: i + 1])} in the destination as a directory: "
-                        f"{exc.strerror}"
-                    ) from None
-                os.close(fd)
-                fd = nxt
+                fd = _open_sub(fd, name, parts[: i + 1], close_parent=True)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def load_tree(self, tree_id: Digest, parts: tuple[bytes, ...]) -> tuple[Node, ...]:
+    def decode(self, data: bytes, tree_id: Digest, parts: _Parts) -> tuple[Node, ...]:
         try:
-            return decode_tree(self.repo.load_blob(tree_id)).nodes
+            return decode_tree(data).nodes
         except FormatError as exc:
             raise CorruptMetadata(
                 f"tree {tree_id.short} of {_show(parts)} is invalid: {exc}; refusing to extract"
             ) from exc
 
-    def make_room(
-        self, dir_fd: int, name: bytes, parts: tuple[bytes, ...], *, is_dir: bool
-    ) -> bool:
+    def make_room(self, dir_fd: int, name: bytes, parts: _Parts, *, is_dir: bool) -> bool:
         """Clear the way for ``name``; True when a directory to reuse is already there."""
+        if not self.force:
+            # The destination was empty and every directory in it was created by this walk:
+            # nothing can be in the way (O_EXCL and mkdir refuse what a concurrent writer adds).
+            return False
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -137,77 +242,150 @@ class _Extractor:
                 f"{_show(parts)} is a directory in the destination but not in the image; "
                 "remove it or restore into an empty directory"
             )
-        if not self.force:  # pragma: no cover - a non-empty destination was refused up front
-            raise UsageError(f"{_show(parts)} already exists in the destination")
         os.unlink(name, dir_fd=dir_fd)
         return False
 
     # -- the walk -----------------------------------------------------------------------------
 
     def run(self, root_tree: Digest) -> None:
-        # Depth first; directory metadata is applied at the very end, children before parents
-        # (reverse creation order), so a read-only directory or a hard link into an
-        # already-finished directory never gets in the way and mtimes stay as recorded.
-        stack: list[tuple[tuple[bytes, ...], Node]] = []
-        created: list[tuple[tuple[bytes, ...], Node]] = []
-        self.fill(root_tree, (), stack)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunkstore-extract")
+        try:
+            self.walk(root_tree, pool)
+            self.submit(pool)
+            while self.inflight:
+                self.collect()
+            if any(ls.waiting for ls in self.linksets.values()):  # pragma: no cover - defensive
+                raise CorruptMetadata("a hard link's first member was never written")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            # Only after a failure: close what is still open, without finishing it.
+            for ref in list(self.live):
+                os.close(ref.fd)
+            self.live.clear()
+
+    def walk(self, root_tree: Digest, pool: ThreadPoolExecutor) -> None:
+        """Depth first; each directory's subtrees are loaded together (one batched read)."""
+        trees = _TreeCache(self.repo)
+        trees.want([root_tree])
+        root = _DirRef(self, os.dup(self.root_fd), (), None, None)
+        # (parent, parts, node): directories created but not yet filled
+        stack: list[tuple[_DirRef, _Parts, Node]] = []
+        self.fill(root, root_tree, stack, trees, pool)
         while stack:
-            parts, node = stack.pop()
+            parent, parts, node = stack.pop()
             assert node.tree is not None  # guaranteed for directory nodes
-            created.append((parts, node))
-            self.fill(node.tree, parts, stack)
-        for parts, node in reversed(created):
-            self.finish_dir(parts, node)
+            fd = _open_sub(parent.fd, parts[-1], parts, close_parent=False)
+            ref = _DirRef(self, fd, parts, node, parent)
+            self.fill(ref, node.tree, stack, trees, pool)
 
     def fill(
         self,
+        ref: _DirRef,
         tree_id: Digest,
-        parts: tuple[bytes, ...],
-        stack: list[tuple[tuple[bytes, ...], Node]],
+        stack: list[tuple[_DirRef, _Parts, Node]],
+        trees: _TreeCache,
+        pool: ThreadPoolExecutor,
     ) -> None:
-        nodes = self.load_tree(tree_id, parts)
-        fd = self.open_dir(parts)
+        """Create the entries of one directory; its subdirectories go on ``stack``."""
         try:
-            subdirs: list[tuple[tuple[bytes, ...], Node]] = []
-            for node in nodes:
+            subdirs: list[tuple[_DirRef, _Parts, Node]] = []
+            for node in self.decode(trees.take(tree_id), tree_id, ref.parts):
                 name = _check_name(node.name)
-                path = (*parts, name)
+                path = (*ref.parts, name)
                 if node.type == NodeType.DIRECTORY:
-                    if not self.make_room(fd, name, path, is_dir=True):
-                        os.mkdir(name, 0o700, dir_fd=fd)
+                    assert node.tree is not None  # guaranteed for directory nodes
+                    if not self.make_room(ref.fd, name, path, is_dir=True):
+                        os.mkdir(name, 0o700, dir_fd=ref.fd)
                     self.result.dirs += 1
-                    subdirs.append((path, node))
+                    ref.acquire()  # released when the subdirectory is finished
+                    subdirs.append((ref, path, node))
                     continue
-                self.make_room(fd, name, path, is_dir=False)
-                self.entry(fd, name, path, node)
+                self.make_room(ref.fd, name, path, is_dir=False)
+                if node.type == NodeType.FILE:
+                    self.file_entry(ref, name, path, node, pool)
+                else:
+                    self.entry(ref.fd, name, path, node)
+            trees.want([node.tree for _, _, node in subdirs if node.tree is not None])
             stack.extend(reversed(subdirs))
         finally:
-            os.close(fd)
+            ref.release()
 
-    def entry(self, fd: int, name: bytes, path: tuple[bytes, ...], node: Node) -> None:
+    def file_entry(
+        self, ref: _DirRef, name: bytes, path: _Parts, node: Node, pool: ThreadPoolExecutor
+    ) -> None:
+        if node.hardlink is not None:
+            linkset = self.linksets.get(node.hardlink)
+            if linkset is not None:
+                if linkset.done:
+                    self.link(ref.fd, name, path, linkset.first)
+                else:
+                    ref.acquire()  # released once the link exists
+                    linkset.waiting.append((ref, name, path))
+                return
+            self.linksets[node.hardlink] = _LinkSet(path)
+        if node.size >= _GROUP_BYTES or node.lists:
+            self.submit(pool)  # keep the current group of small files apart
+        group = self.group
+        ref.acquire()
+        group.files.append(_FileJob(ref, name, path, node))
+        group.dirs.add(ref.fd)
+        group.bytes += node.size
+        if (
+            group.bytes >= _GROUP_BYTES
+            or node.lists
+            or len(group.files) >= _GROUP_FILES
+            or len(group.dirs) >= _GROUP_DIRS
+        ):
+            self.submit(pool)
+
+    def submit(self, pool: ThreadPoolExecutor) -> None:
+        """Hand the current group to a worker, first waiting while too many are in flight."""
+        group, self.group = self.group, _Group()
+        if not group.files:
+            return
+        while len(self.inflight) >= 2 * self.workers:
+            self.collect()
+        writer = _GroupWriter(self.repo, self.opts, group)
+        self.inflight.append((pool.submit(writer.run), group))
+
+    def collect(self) -> None:
+        """Wait for the oldest group; then make the hard links that were waiting for it."""
+        future, group = self.inflight[0]
+        part = future.result()  # a worker's error is raised here
+        self.inflight.popleft()
+        self.result.merge(part)
+        for job in group.files:
+            if job.node.hardlink is None:
+                continue
+            linkset = self.linksets[job.node.hardlink]
+            if linkset.first != job.path:
+                continue
+            linkset.done = True
+            waiting, linkset.waiting = linkset.waiting, []
+            for ref, name, path in waiting:
+                try:
+                    self.link(ref.fd, name, path, linkset.first)
+                finally:
+                    ref.release()
+        for job in group.files:
+            job.dir.release()
+
+    def entry(self, fd: int, name: bytes, path: _Parts, node: Node) -> None:
         t = node.type
-        if t == NodeType.FILE:
-            if node.hardlink is not None:
-                first = self.groups.get(node.hardlink)
-                if first is not None:
-                    self.link(fd, name, path, first)
-                    return
-                self.groups[node.hardlink] = path
-            self.file(fd, name, path, node)
-        elif t == NodeType.SYMLINK:
+        if t == NodeType.SYMLINK:
             os.symlink(node.target, name, dir_fd=fd)
             self.result.symlinks += 1
-            self.owner_and_time(fd, name, path, node)
-            self.xattrs_by_path(fd, name, path, node)
+            self.owner_and_time(fd, name, node)
+            _xattrs_by_path(fd, name, path, node, self.opts, self.result)
         elif t == NodeType.FIFO:
-            os.mkfifo(name, self.mode(path, node.mode), dir_fd=fd)
+            os.mkfifo(name, _mode(path, node.mode, self.opts, self.result), dir_fd=fd)
             self.result.others += 1
             self.special_meta(fd, name, path, node)
         elif t in (NodeType.CHAR_DEVICE, NodeType.BLOCK_DEVICE):
             assert node.dev is not None
             kind = "character" if t == NodeType.CHAR_DEVICE else "block"
-            if not (self.allow_special and self.is_root):
-                need = "allow_special" if self.is_root else "root and allow_special"
+            if not (self.opts.allow_special and self.opts.is_root):
+                need = "allow_special" if self.opts.is_root else "root and allow_special"
                 self.result.skipped.append(
                     f"{_show(path)}: {kind} device {node.dev[0]},{node.dev[1]} not created "
                     f"(needs {need})"
@@ -217,10 +395,10 @@ class _Extractor:
             os.mknod(name, fmt | node.mode, os.makedev(*node.dev), dir_fd=fd)
             self.result.others += 1
             self.special_meta(fd, name, path, node)
-        else:  # pragma: no cover - NodeType is closed; directories are handled by fill
+        else:  # pragma: no cover - NodeType is closed; files and directories are handled above
             raise CorruptMetadata(f"{_show(path)} has an unexpected node type {t!r}")
 
-    def link(self, fd: int, name: bytes, path: tuple[bytes, ...], first: tuple[bytes, ...]) -> None:
+    def link(self, fd: int, name: bytes, path: _Parts, first: _Parts) -> None:
         src_fd = self.open_dir(first[:-1])
         try:
             os.link(first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
@@ -232,145 +410,236 @@ class _Extractor:
             os.close(src_fd)
         self.result.hardlinks += 1
 
-    # -- content ------------------------------------------------------------------------------
+    # -- metadata -----------------------------------------------------------------------------
 
-    def refs(self, node: Node) -> Iterator[ChunkRef]:
-        if node.chunks:
-            return iter(node.chunks)
-        if node.lists:
-            return read_chunk_lists(self.repo, StreamBody(node.size, node.lists))
-        return iter(())
+    def owner_and_time(self, fd: int, name: bytes, node: Node) -> None:
+        if self.opts.chown:
+            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
-    def data(self, node: Node, path: tuple[bytes, ...]) -> Iterator[bytes]:
-        """The file's bytes in order, loaded in batches, sizes checked."""
+    def special_meta(self, fd: int, name: bytes, path: _Parts, node: Node) -> None:
+        """Owner, mode, xattrs and mtime of a fifo or device node just created by name."""
+        if self.opts.chown:
+            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):  # pragma: no cover - only a concurrent writer could do this
+            raise UsageError(f"{_show(path)} was replaced while it was being restored")
+        os.chmod(name, _mode(path, node.mode, self.opts, self.result), dir_fd=fd)
+        _xattrs_by_path(fd, name, path, node, self.opts, self.result)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+    def finish_dir(self, fd: int, parts: _Parts, node: Node) -> None:
+        """A directory's own metadata, once everything inside it exists."""
+        if self.opts.chown:
+            os.fchown(fd, node.uid, node.gid)
+        os.fchmod(fd, _mode(parts, node.mode, self.opts, self.result))
+        _xattrs_fd(fd, parts, node, self.opts, self.result)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def _open_sub(fd: int, name: bytes, parts: _Parts, *, close_parent: bool) -> int:
+    """Open the directory ``name`` under ``fd`` without following a symlink."""
+    try:
+        nxt = os.open(_check_name(name), _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot open {_show(parts)} in the destination as a directory: {exc.strerror}"
+        ) from None
+    if close_parent:
+        os.close(fd)
+    return nxt
+
+
+class _TreeCache:
+    """Tree blobs loaded ahead of the walk, one batched read per directory's subtrees.
+
+    Identical subtrees share one blob: it is kept until its last use.
+    """
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.blobs: dict[Digest, bytes] = {}
+        self.uses: dict[Digest, int] = {}
+
+    def want(self, ids: list[Digest]) -> None:
+        """Load the trees ``ids`` (each verified against its id), one use per occurrence."""
+        missing = [i for i in ids if i not in self.blobs]
+        if missing:
+            self.blobs.update(self.repo.load_blobs(missing))
+        for i in ids:
+            self.uses[i] = self.uses.get(i, 0) + 1
+
+    def take(self, tree_id: Digest) -> bytes:
+        """A tree wanted earlier; forgotten after its last use."""
+        data = self.blobs[tree_id]
+        self.uses[tree_id] -= 1
+        if not self.uses[tree_id]:
+            del self.blobs[tree_id], self.uses[tree_id]
+        return data
+
+
+class _GroupWriter:
+    """Writes one group of files (in a worker thread); returns what it did."""
+
+    def __init__(self, repo: Repository, opts: _Options, group: _Group) -> None:
+        self.repo = repo
+        self.opts = opts
+        self.group = group
+        self.result = ExtractResult()
+
+    def run(self) -> ExtractResult:
+        files = self.group.files
+        if len(files) == 1 and (files[0].node.lists or files[0].node.size >= _GROUP_BYTES):
+            job = files[0]
+            self.write(job, self.stream(job))
+        else:
+            ids = [ref.id for job in files for ref in job.node.chunks]
+            got = dict(self.repo.load_blobs(ids)) if ids else {}
+            for job in files:
+                self.write(job, self.pieces(job, job.node.chunks, got))
+        return self.result
+
+    def pieces(
+        self, job: _FileJob, refs: Iterable[ChunkRef], got: dict[Digest, bytes]
+    ) -> Iterator[bytes]:
+        """The file's chunks in order from ``got``, each size checked, then the total."""
+        total = 0
+        for ref in refs:
+            data = got[ref.id]
+            if len(data) != ref.size:
+                raise CorruptMetadata(
+                    f"chunk {ref.id.short} of {_show(job.path)} has {len(data)} bytes, "
+                    f"not {ref.size}"
+                )
+            total += ref.size
+            yield data
+        if total != job.node.size:
+            raise CorruptMetadata(
+                f"{_show(job.path)}: chunks add up to {total} bytes, the tree says {job.node.size}"
+            )
+
+    def stream(self, job: _FileJob) -> Iterator[bytes]:
+        """A large file's chunks, loaded in batches of about 8 MiB."""
+        node = job.node
+        refs: Iterator[ChunkRef] = (
+            read_chunk_lists(self.repo, StreamBody(node.size, node.lists))
+            if node.lists
+            else iter(node.chunks)
+        )
         pending: list[ChunkRef] = []
-        pending_bytes = total = 0
+        pending_bytes = 0
+        total = 0
 
         def drain() -> Iterator[bytes]:
             got = dict(self.repo.load_blobs(r.id for r in pending))
-            for r in pending:
-                data = got[r.id]
-                if len(data) != r.size:
+            for ref in pending:
+                data = got[ref.id]
+                if len(data) != ref.size:
                     raise CorruptMetadata(
-                        f"chunk {r.id.short} of {_show(path)} has {len(data)} bytes, not {r.size}"
+                        f"chunk {ref.id.short} of {_show(job.path)} has {len(data)} bytes, "
+                        f"not {ref.size}"
                     )
                 yield data
             pending.clear()
 
-        for ref in self.refs(node):
+        for ref in refs:
             pending.append(ref)
             pending_bytes += ref.size
             total += ref.size
-            if len(pending) >= _BATCH_CHUNKS or pending_bytes >= _BATCH_BYTES:
+            if pending_bytes >= _BATCH_BYTES:
                 yield from drain()
                 pending_bytes = 0
         yield from drain()
         if total != node.size:
             raise CorruptMetadata(
-                f"{_show(path)}: chunks add up to {total} bytes, the tree says {node.size}"
+                f"{_show(job.path)}: chunks add up to {total} bytes, the tree says {node.size}"
             )
 
-    def file(self, fd: int, name: bytes, path: tuple[bytes, ...], node: Node) -> None:
-        out = os.open(name, _FILE_FLAGS, 0o600, dir_fd=fd)
+    def write(self, job: _FileJob, pieces: Iterator[bytes]) -> None:
+        node = job.node
+        out = os.open(job.name, _FILE_FLAGS, 0o600, dir_fd=job.dir.fd)
         try:
             if node.sparse is None:
-                for piece in self.data(node, path):
+                for piece in pieces:
                     _write_all(out, piece, None)
             else:
-                segments = iter(node.sparse.segments)
-                offset, left = 0, 0
-                for piece in self.data(node, path):
-                    view = memoryview(piece)
-                    while view:
-                        while left == 0:
-                            offset, left = next(segments)
-                        n = min(left, len(view))
-                        _write_all(out, view[:n], offset)
-                        view, offset, left = view[n:], offset + n, left - n
-                os.ftruncate(out, node.sparse.realsize)
-            if self.chown:
+                _write_sparse(out, node, pieces)
+            if self.opts.chown:
                 os.fchown(out, node.uid, node.gid)
-            os.fchmod(out, self.mode(path, node.mode))
-            self.xattrs_fd(out, path, node)
+            os.fchmod(out, _mode(job.path, node.mode, self.opts, self.result))
+            _xattrs_fd(out, job.path, node, self.opts, self.result)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
         finally:
             os.close(out)
         self.result.files += 1
         self.result.bytes += node.size
 
-    # -- metadata -----------------------------------------------------------------------------
 
-    def mode(self, path: tuple[bytes, ...], mode: int) -> int:
-        if mode & _SPECIAL_BITS and not self.allow_special:
-            self.result.warnings.append(
-                f"{_show(path)}: setuid/setgid bits of mode {mode:04o} removed "
-                "(allow_special keeps them)"
-            )
-            return mode & ~_SPECIAL_BITS
-        return mode
+def _write_sparse(out: int, node: Node, pieces: Iterator[bytes]) -> None:
+    assert node.sparse is not None
+    segments = iter(node.sparse.segments)
+    offset, left = 0, 0
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            while left == 0:
+                offset, left = next(segments)
+            n = min(left, len(view))
+            _write_all(out, view[:n], offset)
+            view, offset, left = view[n:], offset + n, left - n
+    os.ftruncate(out, node.sparse.realsize)
 
-    def xattr_allowed(self, path: tuple[bytes, ...], key: bytes) -> bool:
-        if self.is_root or key.startswith(b"user."):
-            return True
-        self.result.warnings.append(
-            f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored (needs root)"
+
+# -- metadata helpers (called from the walk and from workers, each with its own result) ---------
+
+
+def _mode(path: _Parts, mode: int, opts: _Options, res: ExtractResult) -> int:
+    if mode & _SPECIAL_BITS and not opts.allow_special:
+        res.warnings.append(
+            f"{_show(path)}: setuid/setgid bits of mode {mode:04o} removed "
+            "(allow_special keeps them)"
         )
-        return False
+        return mode & ~_SPECIAL_BITS
+    return mode
 
-    def xattrs_fd(self, fd: int, path: tuple[bytes, ...], node: Node) -> None:
-        for key, value in node.xattrs:
-            if not self.xattr_allowed(path, key):
-                continue
-            try:
-                os.setxattr(fd, key, value)
-            except OSError as exc:
-                self.result.warnings.append(
-                    f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: "
-                    f"{exc.strerror}"
-                )
 
-    def xattrs_by_path(self, fd: int, name: bytes, path: tuple[bytes, ...], node: Node) -> None:
-        # setxattr has no dir_fd form: go through the directory's /proc fd link (the final
-        # component is not followed).
-        for key, value in node.xattrs:
-            if not self.xattr_allowed(path, key):
-                continue
-            try:
-                os.setxattr(
-                    os.fsencode(f"/proc/self/fd/{fd}/") + name, key, value, follow_symlinks=False
-                )
-            except OSError as exc:
-                self.result.warnings.append(
-                    f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: "
-                    f"{exc.strerror}"
-                )
+def _xattr_allowed(path: _Parts, key: bytes, opts: _Options, res: ExtractResult) -> bool:
+    if opts.is_root or key.startswith(b"user."):
+        return True
+    res.warnings.append(
+        f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored (needs root)"
+    )
+    return False
 
-    def owner_and_time(self, fd: int, name: bytes, path: tuple[bytes, ...], node: Node) -> None:
-        if self.chown:
-            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
-        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
-    def special_meta(self, fd: int, name: bytes, path: tuple[bytes, ...], node: Node) -> None:
-        """Owner, mode, xattrs and mtime of a fifo or device node just created by name."""
-        if self.chown:
-            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):  # pragma: no cover - only a concurrent writer could do this
-            raise UsageError(f"{_show(path)} was replaced while it was being restored")
-        os.chmod(name, self.mode(path, node.mode), dir_fd=fd)
-        self.xattrs_by_path(fd, name, path, node)
-        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
-
-    def finish_dir(self, parts: tuple[bytes, ...], node: Node) -> None:
-        fd = self.open_dir(parts)
+def _xattrs_fd(fd: int, path: _Parts, node: Node, opts: _Options, res: ExtractResult) -> None:
+    for key, value in node.xattrs:
+        if not _xattr_allowed(path, key, opts, res):
+            continue
         try:
-            if self.chown:
-                os.fchown(fd, node.uid, node.gid)
-            os.fchmod(fd, self.mode(parts, node.mode))
-            self.xattrs_fd(fd, parts, node)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-        finally:
-            os.close(fd)
+            os.setxattr(fd, key, value)
+        except OSError as exc:
+            res.warnings.append(
+                f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: {exc.strerror}"
+            )
+
+
+def _xattrs_by_path(
+    fd: int, name: bytes, path: _Parts, node: Node, opts: _Options, res: ExtractResult
+) -> None:
+    # setxattr has no dir_fd form: go through the directory's /proc fd link (the final
+    # component is not followed).
+    for key, value in node.xattrs:
+        if not _xattr_allowed(path, key, opts, res):
+            continue
+        try:
+            os.setxattr(
+                os.fsencode(f"/proc/self/fd/{fd}/") + name, key, value, follow_symlinks=False
+            )
+        except OSError as exc:
+            res.warnings.append(
+                f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: {exc.strerror}"
+            )
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None) -> None:
@@ -390,13 +659,15 @@ def extract_tree(
     force: bool = False,
     allow_special: bool = False,
     preserve_owner: bool = True,
+    workers: int = DEFAULT_WORKERS,
 ) -> ExtractResult:
     """Extract the tree ``root_tree`` into the directory ``dest`` (created when missing).
 
     ``dest`` must be empty unless ``force``: then entries of the image replace files of the same
     name (never a directory by a non-directory) and other files stay. Device nodes are created
     only with ``allow_special`` when running as root; setuid/setgid bits are kept only with
-    ``allow_special``; owners are set only as root with ``preserve_owner``.
+    ``allow_special``; owners are set only as root with ``preserve_owner``. File content is
+    read, verified and written by ``workers`` threads.
     """
     dest = Path(dest)
     try:
@@ -419,6 +690,7 @@ def extract_tree(
             force=force,
             allow_special=allow_special,
             preserve_owner=preserve_owner,
+            workers=workers,
         )
         try:
             ex.run(root_tree)

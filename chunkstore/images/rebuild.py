@@ -3,7 +3,8 @@
     recipe root -> parts (META blobs) -> operations in order
         raw      -> bytes as stored
         content  -> chunks, fetched per batch of operations with load_blobs (coalesced reads)
-    running SHA-256 of everything yielded; at the end it must equal the recipe's diff_id
+    pieces joined to about 1 MiB; running SHA-256 of everything yielded; at the end it must
+    equal the recipe's diff_id
 
 The caller writes what is yielded to a temporary file and publishes it only after the generator
 finished without error: a mismatch raises ``CorruptMetadata`` after the last byte.
@@ -28,6 +29,7 @@ from index.recipe import Content, ContentLists, Raw, RecipeRoot, decode_part
 __all__ = ["load_recipe", "rebuild_layer", "recipe_members"]
 
 _BATCH_BYTES = 8 << 20
+_PIECE_BYTES = 1 << 20
 
 
 def load_recipe(repo: Repository, recipe_id: Digest) -> RecipeRoot:
@@ -48,10 +50,27 @@ def _ops(repo: Repository, root: RecipeRoot) -> Iterator[Raw | Content | Content
 
 
 def rebuild_layer(repo: Repository, recipe_id: Digest) -> Iterator[bytes]:
-    """Yield the layer tar's bytes; raises after the end if they do not hash to the diff_id."""
+    """Yield the layer tar's bytes; raises after the end if they do not hash to the diff_id.
+
+    The bytes come in pieces of about 1 MiB (headers and chunks joined), so that consumers
+    reading fixed-size blocks (the gzip recompressor) do not copy many small pieces around.
+    """
     root = load_recipe(repo, recipe_id)
     h = hashlib.sha256()
     total = 0
+    for piece in _joined(_tar_pieces(repo, root, recipe_id), _PIECE_BYTES):
+        h.update(piece)
+        total += len(piece)
+        yield piece
+    if total != root.size or h.digest() != root.diff_id.raw:
+        raise CorruptMetadata(
+            f"layer rebuilt from recipe {recipe_id.short} does not match its diff_id "
+            f"{root.diff_id}; run 'chunkstore check --read-data'"
+        )
+
+
+def _tar_pieces(repo: Repository, root: RecipeRoot, recipe_id: Digest) -> Iterator[bytes]:
+    """Header bytes and content chunks in tar order, chunks loaded per batch of ~8 MiB."""
     pending: list[Raw | list[ChunkRef]] = []
     pending_bytes = 0
 
@@ -84,20 +103,25 @@ def rebuild_layer(repo: Repository, recipe_id: Digest) -> Iterator[bytes]:
             pending.append(refs)
             pending_bytes += op.size
         if pending_bytes >= _BATCH_BYTES:
-            for data in flush():
-                h.update(data)
-                total += len(data)
-                yield data
+            yield from flush()
             pending_bytes = 0
-    for data in flush():
-        h.update(data)
-        total += len(data)
-        yield data
-    if total != root.size or h.digest() != root.diff_id.raw:
-        raise CorruptMetadata(
-            f"layer rebuilt from recipe {recipe_id.short} does not match its diff_id "
-            f"{root.diff_id}; run 'chunkstore check --read-data'"
-        )
+    yield from flush()
+
+
+def _joined(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """``pieces`` regrouped: each yielded piece but the last holds at least ``size`` bytes."""
+    parts: list[bytes] = []
+    n = 0
+    for piece in pieces:
+        if not piece:
+            continue
+        parts.append(piece)
+        n += len(piece)
+        if n >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, n = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 class _SkeletonStream:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import shutil
 import subprocess
 import tarfile
@@ -297,4 +298,31 @@ def test_forget_and_prune_keep_the_other_image_whole(tmp_path: Path) -> None:
         OCILayout(tmp_path / "out").resolve("b"),
     )
     assert orig.manifest_bytes == back.manifest_bytes
+    repo.close()
+
+
+def test_gzip_level_applies_to_rewritten_layers_only(tmp_path: Path) -> None:
+    rnd = random.Random(9)
+    words = [rnd.randbytes(6).hex().encode() for _ in range(400)]
+    tar = layer_tar({"text": b" ".join(rnd.choices(words, k=60_000))})
+    odd = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 3, zlib.Z_FILTERED)
+    foreign = odd.compress(tar) + odd.flush()  # settings restore never tries: rewritten
+    exact = layer_tar({"other": b"y" * 5000})
+    write_image(tmp_path / "src", "v1", [tar, exact], blobs=[foreign, zlib_gzip(exact)])
+    repo = new_repo(tmp_path)
+    backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    sizes = {}
+    for level in (1, 9):
+        out = tmp_path / f"out{level}"
+        result = restore_image(repo, "x", f"oci:{out}:v1", gzip_level=level)
+        assert result.exact_layers == 1 and result.manifest_rewritten
+        (img,) = OCILayout(out).resolve("v1")
+        first, second = img.layers
+        data = (out / "blobs" / "sha256" / first.digest.hex).read_bytes()
+        assert gzip.decompress(data) == tar  # same diff_id at any level
+        sizes[level] = len(data)
+        assert second.digest.hex == hashlib.sha256(zlib_gzip(exact)).hexdigest()
+    assert sizes[9] < sizes[1]
+    with pytest.raises(UsageError, match="level"):
+        restore_image(repo, "x", f"oci:{tmp_path / 'bad'}:v1", gzip_level=0)
     repo.close()

@@ -16,6 +16,7 @@ import zstandard
 
 from chunkstore.errors import UsageError
 from chunkstore.images.compression import (
+    DEFAULT_GZIP_LEVEL,
     DOCKER_LAYER_GZIP,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -154,7 +155,7 @@ def test_gzip_reproduction_without_prefix() -> None:
     data = _payload(50_000)
     blob = b"".join(recompress(io.BytesIO(data), None, "gzip"))
     rep = find_reproduction(_factory(data), sha256(blob), len(blob), "gzip")
-    assert rep is not None and rep.level == 6
+    assert rep is not None and rep.level == DEFAULT_GZIP_LEVEL
     other = gzip.compress(data, compresslevel=1, mtime=5)
     assert find_reproduction(_factory(data), sha256(other), len(other), "gzip") is None
 

@@ -110,6 +110,10 @@ def test_cli_backup_and_restore_with_a_registry_repository(
     run("init", "--encrypt", "--chunk-avg", "4K", "--chunk-min", "1K", "--chunk-max", "16K")
     run("backup", f"oci:{tmp_path / 'src'}:v1", "--tag", "app")
     assert "app" in run("tags")
+    from chunkstore.registry.client import RegistryClient
+
+    with RegistryClient(registry.host, repo.split("/", 1)[1], plain_http=True) as client:
+        assert "app" in client.list_tags()  # the image tag, next to the _cs.* file tags
     run("restore", "app", f"oci:{tmp_path / 'out'}:v1")
     run("check", "--read-data")
     src = OCILayout(tmp_path / "src").resolve("v1")[0]
