@@ -52,7 +52,9 @@ class _Ctx:
         self.location = repo or env.get("CHUNKSTORE_REPO") or str(data_home / "chunkstore" / "repo")
         self.cache_dir = Path(cache_dir or env.get("CHUNKSTORE_CACHE") or cache_home / "chunkstore")
         self.as_json = as_json
-        self.remote = RemoteOptions(env=dict(env), plain_http=plain_http)
+        self.remote = RemoteOptions(
+            env=dict(env), plain_http=plain_http, crash_point=env.get("CHUNKSTORE_CRASH_AT")
+        )
         self.err = Console(stderr=True)
 
     def password(

@@ -103,6 +103,7 @@ class Repository:
         *,
         verify_packs: bool = True,
         background_uploads: bool = True,
+        created: bool = False,
     ) -> None:
         """Use :meth:`open` or :meth:`init` instead of calling this directly."""
         self.backend = backend
@@ -111,6 +112,7 @@ class Repository:
         self._master = master
         self.cache_dir = cache_dir / config.repo_id.hex()
         self._pin_mode()
+        self._pin_location(cache_dir, created)
         self.index = IndexDB(self.cache_dir / "index", config.id_algorithm)
         self._verify_packs = verify_packs
         self._mutex = threading.RLock()
@@ -188,7 +190,7 @@ class Repository:
             cls._write_key(backend, master, password, config.repo_id, kdf)
         # The config is written last: a repository without config does not exist yet.
         backend.save(Handle.config(), config.encode(master.mac if master else None))
-        return cls(backend, config, master, cache_dir)
+        return cls(backend, config, master, cache_dir, created=True)
 
     @staticmethod
     def _write_key(
@@ -277,6 +279,32 @@ class Repository:
                 f"now {mode}: refusing to continue (possible tampering); if this is intended, "
                 f"delete {self.cache_dir}"
             )
+
+    def _pin_location(self, cache_dir: Path, created: bool) -> None:
+        # Remember, per location, whether the repository there was encrypted: a repository
+        # replaced by a fresh unencrypted one (a new id, so _pin_mode cannot tell) is refused
+        # instead of silently receiving unencrypted backups. ``init`` sets the pin.
+        where = hashlib.sha256(self.backend.location.encode()).hexdigest()
+        pin = cache_dir / "locations" / where
+        mode = "encrypted" if self.config.encrypted else "plain"
+        entry = f"{mode} {self.config.repo_id.hex()}\n"
+        try:
+            pinned_mode, pinned_id = pin.read_text().split()
+        except (FileNotFoundError, ValueError):
+            pinned_mode = pinned_id = ""
+        if not created and pinned_mode == "encrypted" and mode == "plain":
+            raise CorruptMetadata(
+                f"the repository at {self.backend.location} was encrypted (id {pinned_id[:12]}) "
+                f"when last used and is now an unencrypted one (id "
+                f"{self.config.repo_id.hex()[:12]}): refusing to use it (it may have been "
+                f"replaced); if this is intended, delete {pin}"
+            )
+        if pin.exists() and pin.read_text() == entry:
+            return
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pin.with_name(pin.name + ".tmp")
+        tmp.write_text(entry)
+        os.replace(tmp, pin)
 
     def close(self) -> None:
         """Stop the uploader and close the index cache (does not flush: call :meth:`flush`)."""

@@ -33,13 +33,16 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chunkstore import jsonsafe
 from chunkstore.backends.base import FileInfo, FileType, Handle
 from chunkstore.errors import (
+    AuthError,
     CorruptMetadata,
     NotFound,
     RegistryError,
@@ -93,6 +96,8 @@ _EMPTY_DESCRIPTOR = {
 #: Files larger than this are uploaded in PATCH pieces of _PIECE bytes.
 _MONOLITHIC_MAX = 32 << 20
 _PIECE = 8 << 20
+#: Tries to tag a file while the registry settles concurrent uploads of its blob.
+_MANIFEST_ATTEMPTS = 4
 #: Manifests fetched at once while listing.
 _LIST_WORKERS = 8
 #: Types whose files may be replaced (their manifests are never cached).
@@ -157,7 +162,7 @@ def _parse_manifest(handle: Handle, data: bytes, digest: Digest) -> _Entry:
     """The blob a file manifest references; CorruptMetadata unless it is exactly ours for it."""
     where = f"registry manifest of {handle}"
     try:
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
         layers = doc["layers"]
         if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
             raise ValueError("it must reference exactly one blob")
@@ -278,12 +283,31 @@ class RegistryBackend:
                 + f" instead of {len(data)}; nothing was tagged"
             )
         manifest = file_manifest(handle, blob, len(data))
-        digest = self._client.put_manifest(file_tag(handle), manifest, _OCI_MANIFEST)
+        digest = self._put_manifest(handle, manifest, blob, len(data))
         with self._lock:
             if handle.type in _MUTABLE:
                 self._entries.pop(handle, None)
             else:
                 self._entries[handle] = _Entry(blob, len(data), digest)
+
+    def _put_manifest(self, handle: Handle, manifest: bytes, blob: Digest, size: int) -> Digest:
+        """Tag the file's manifest; retried while the registry still settles the blob.
+
+        Concurrent uploads of one blob race inside the registry: for a moment after one commit
+        another may be rewriting the blob, and a manifest pushed then is refused (distribution:
+        400 DIGEST_INVALID or MANIFEST_BLOB_UNKNOWN). The blob is checked again before each retry.
+        """
+        for attempt in range(_MANIFEST_ATTEMPTS):
+            try:
+                return self._client.put_manifest(file_tag(handle), manifest, _OCI_MANIFEST)
+            except AuthError:
+                raise
+            except RegistryError as exc:
+                if attempt == _MANIFEST_ATTEMPTS - 1 or self._client.head_blob(blob) != size:
+                    raise
+                logger.info("tagging %s refused (%s); retrying", handle, exc)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def remove(self, handle: Handle) -> None:
         """Delete the file's manifest (its tag goes with it; the registry's GC frees the blob)."""
@@ -417,12 +441,12 @@ class RegistryBackend:
         except RegistryObjectMissing:
             return None
         try:
-            doc = json.loads(fetched.data)
+            doc = jsonsafe.loads(fetched.data)
             if doc.get("artifactType") != IMAGE_ARTIFACT_TYPE:
                 return None
             if doc.get("mediaType") == _OCI_INDEX:
                 first = Digest.parse(doc["manifests"][0]["digest"])
-                doc = json.loads(self._client.get_manifest(first, accept=(_OCI_MANIFEST,)).data)
+                doc = jsonsafe.loads(self._client.get_manifest(first, accept=(_OCI_MANIFEST,)).data)
             return Digest.parse(doc["config"]["digest"])
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, Malformed) as exc:
             raise CorruptMetadata(

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
+from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
 from chunkstore.blob import BlobType
 from chunkstore.errors import UsageError
@@ -399,7 +400,14 @@ def _backup_one(
 ) -> ImageEntry:
     overlay = Overlay()
     layers: list[LayerRecord] = []
-    config = json.loads(image.config_bytes)
+    try:
+        config = jsonsafe.loads(image.config_bytes)
+    except ValueError as exc:
+        raise UsageError(
+            f"image {image.manifest_digest.short}: config is not JSON: {exc}"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("rootfs", {}), dict):
+        raise UsageError(f"image {image.manifest_digest.short}: config is not a JSON object")
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(diff_ids) != len(image.layers):
         raise UsageError(

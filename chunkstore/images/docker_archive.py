@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from chunkstore import jsonsafe
 from chunkstore.errors import BackendError, MissingObject, UsageError
 from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, parse_sha256
 from chunkstore.images.oci_layout import (
@@ -75,8 +76,8 @@ def _name_digest(name: str) -> Digest | None:
 
 def _json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return jsonsafe.loads(data)
+    except ValueError as exc:
         raise UsageError(f"{what} is not valid JSON: {exc}") from None
 
 

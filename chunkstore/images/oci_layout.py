@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chunkstore import jsonsafe
 from chunkstore.errors import (
     BackendError,
     MissingObject,
@@ -226,8 +227,8 @@ class ImageRef:
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = jsonsafe.loads(data)
+    except ValueError as exc:
         raise UsageError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{what} must be a JSON object")

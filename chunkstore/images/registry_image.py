@@ -37,7 +37,6 @@ reference, children of an index by digest before the index goes under the tag.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
 from chunkstore.errors import RegistryObjectMissing, UnsupportedFormat, UsageError
 from chunkstore.images.compression import layer_compression
@@ -108,8 +108,8 @@ def open_client(ref: Reference, remote: RemoteOptions | None = None) -> Registry
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = jsonsafe.loads(data)
+    except ValueError as exc:
         raise UsageError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{what} must be a JSON object")

@@ -367,6 +367,14 @@ class TarReader:
             if members > limits.max_members:
                 raise TarError(f"more than {limits.max_members} tar members")
             merged = {**global_pax, **pax}
+            if typeflag in HEADER_ONLY_TYPES and _pax_int(merged.get(b"size", b"0"), b"size"):
+                # GNU tar skips PAX-sized data after a hard link or directory; Go and Python's
+                # tarfile do not: the next block would be a member for one and data for the
+                # other (an entry smuggled past one parser). Refused, like ZERO_SIZE_TYPES.
+                raise TarError(
+                    f"tar member at byte {self.offset - BLOCK} of type {typeflag.decode()!r} has "
+                    "a PAX size: tar implementations disagree on such archives, refusing it"
+                )
             sparse = None
             if typeflag == b"S":
                 sparse, ext = self._old_gnu_sparse(block)

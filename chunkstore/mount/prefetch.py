@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from chunkstore import jsonsafe
 from chunkstore.errors import UsageError
 from chunkstore.mount.fetch import Fetcher
 from index.errors import FormatError
@@ -94,7 +95,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
             if len(line) > _MAX_LINE:
                 raise UsageError(f"{path}:{n}: line too long for a profile")
             try:
-                obj = json.loads(line)
+                obj = jsonsafe.loads(line)
             except ValueError as exc:
                 raise UsageError(f"{path}:{n}: not JSON: {exc}") from None
             if not isinstance(obj, dict):

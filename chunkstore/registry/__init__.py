@@ -1,8 +1,9 @@
 """Talking to OCI registries: references, credentials and the distribution-API client.
 
 ``reference`` parses ``host/name:tag@digest``; ``auth`` finds credentials and answers Basic and
-Bearer challenges; ``client`` moves verified blobs, manifests and tags. Only this package imports
-httpx (an import-linter contract keeps it so).
+Bearer challenges; ``client`` moves verified blobs, manifests and tags, over ``http`` (deadlines,
+redirects, the status → error boundary, retries) and ``uploads`` (upload sessions, resumed and
+restarted). Only this package imports httpx (an import-linter contract keeps it so).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import httpx
 
+from chunkstore import jsonsafe
 from chunkstore.errors import AuthError, UsageError
 from chunkstore.registry.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, is_loopback
 
@@ -268,7 +268,7 @@ class RegistryAuth(httpx.Auth):
         if response.status_code != 200:
             raise AuthError(f"token service {where} answered {response.status_code}")
         try:
-            doc = json.loads(body)
+            doc = jsonsafe.loads(body)
         except ValueError:
             doc = None
         value = None
@@ -335,7 +335,7 @@ def credentials_for(
             f"cannot read docker config {docker_config_path}: {exc.strerror}"
         ) from None
     try:
-        config = json.loads(raw)
+        config = jsonsafe.loads(raw)
     except ValueError:
         config = None
     if not isinstance(config, dict):
@@ -410,7 +410,7 @@ def _from_helper(helper: str, host: str, env: Mapping[str, str]) -> Credentials 
         detail = done.stderr.decode(errors="replace").strip()[:200]
         raise AuthError(f"credential helper {program} failed (exit {done.returncode}): {detail}")
     try:
-        doc = json.loads(done.stdout)
+        doc = jsonsafe.loads(done.stdout)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
