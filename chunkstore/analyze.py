@@ -61,11 +61,11 @@ import zstandard
 from chunkstore.backends import RemoteOptions
 from chunkstore.chunker import Chunker, ChunkerParams
 from chunkstore.errors import UsageError
-from chunkstore.images.backup import parse_source
 from chunkstore.images.compression import layer_compression, open_decompressed
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.ingest import HashingReader
+from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import Descriptor, ImageRef, OCILayout
 from chunkstore.images.rebuild import rebuild_layer
 from chunkstore.images.registry_image import (

@@ -28,8 +28,9 @@ from chunkstore.backends import RemoteOptions
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.errors import EXIT_CODES, CheckFailed, ChunkstoreError, UsageError, exit_code_for
-from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.compression import DEFAULT_GZIP_LEVEL
+from chunkstore.images.restore import restore_image
 from chunkstore.lock import list_locks, remove_all_locks, remove_stale_locks
 from chunkstore.publish import publish_names
 from chunkstore.repository import Repository

@@ -11,8 +11,9 @@ from chunkstore import api
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
-from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import OCILayout
+from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
 from tests.images.test_backup_restore import layer_tar, write_image
 

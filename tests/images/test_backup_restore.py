@@ -18,8 +18,9 @@ import pytest
 from chunkstore import api
 from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import UsageError
-from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
 from index.ids import sha256
 

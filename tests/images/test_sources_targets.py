@@ -20,10 +20,12 @@ from chunkstore import api
 from chunkstore.blob import BlobType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
-from chunkstore.images.backup import backup_image, parse_source, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
+from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
 from index.ids import sha256
 from index.image import ImageBody, ImageEntry

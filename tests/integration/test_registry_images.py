@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from chunkstore.backends import RemoteOptions
 from chunkstore.cli import main
 from chunkstore.errors import AuthError, DigestMismatch, RegistryObjectMissing, UsageError
-from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -28,6 +28,7 @@ from chunkstore.images.oci_layout import (
     OCILayout,
 )
 from chunkstore.images.registry_image import RegistryTarget
+from chunkstore.images.restore import restore_image
 from chunkstore.registry.client import RegistryClient
 from index.ids import Digest, sha256
 from index.image import ImageBody

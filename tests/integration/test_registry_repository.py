@@ -18,8 +18,9 @@ from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.cli import main
 from chunkstore.errors import AuthError
-from chunkstore.images.backup import backup_image, restore_image
+from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import OCILayout
+from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
 from index.ids import Digest
 from tests.images.test_backup_restore import layer_tar, write_image
