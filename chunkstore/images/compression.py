@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import zstandard
+from isal import isal_zlib
 
 from chunkstore.errors import UsageError
 from chunkstore.images.blobs import Readable
@@ -132,6 +133,16 @@ def check_magic(declared: Compression, head: bytes, *, name: str = "layer") -> N
         )
 
 
+# isal's stubs declare ``error`` as an instance; it is the exception class.
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
+
+
+def _inflater() -> Any:
+    """A gzip-member inflater: ISA-L's (about 2.5x zlib's speed here; inflating is exact by
+    definition, so the implementation cannot change a byte), with zlib's interface."""
+    return isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+
+
 class _Decompressed(io.RawIOBase):
     """A readable stream over decompressed data with a size and ratio guard."""
 
@@ -151,7 +162,7 @@ class _Decompressed(io.RawIOBase):
         self._zstd: Any = None
         self._started = False
         if compression == "gzip":
-            self._zobj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._zobj = _inflater()
         elif compression == "zstd":
             dctx = zstandard.ZstdDecompressor()
             self._zstd = dctx.stream_reader(
@@ -196,7 +207,7 @@ class _Decompressed(io.RawIOBase):
                     raise CorruptLayer(
                         "gzip layer has trailing data after its last member; it is damaged"
                     )
-                obj = self._zobj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                obj = self._zobj = _inflater()
                 data = obj.decompress(rest, want)
             elif obj.unconsumed_tail:
                 data = obj.decompress(obj.unconsumed_tail, want)
@@ -223,7 +234,7 @@ class _Decompressed(io.RawIOBase):
                 else:
                     self._pending = self._source.read(max(want, _READ))
                     self._count_in(len(self._pending))
-            except zlib.error as exc:
+            except (zlib.error, _ISAL_ERROR) as exc:
                 raise CorruptLayer(f"gzip layer does not decode: {exc}") from exc
             except zstandard.ZstdError as exc:
                 raise CorruptLayer(f"zstd layer does not decode: {exc}") from exc
