@@ -23,6 +23,11 @@ Failure behaviour:
 * **Integrity**: when a coalesced read fails verification, its blobs are fetched again one by one,
   so one damaged chunk fails only the reads that need it; the damaged one is never cached.
 * Transport failures fail the whole group (retrying blob by blob would only multiply the wait).
+* **A moved blob**: the mount takes no repository lock, so a prune may repack the blobs it reads
+  into new packs and delete the old ones. A blob the index does not know, or whose pack is gone
+  (``MissingObject``, which includes ``NotFound``), makes the worker merge the repository's
+  current index files (:meth:`Repository.sync_index`) and look the rest of its group up again,
+  once; only then is it an error. This runs on the worker, inside the reader's deadline.
 
 Only blob ids and pack ids are used here: which bytes of a pack to read stays inside the
 repository (``lookup`` tells which blobs are neighbours, ``load_blobs`` reads them).
@@ -140,6 +145,7 @@ class Fetcher:
         self._memory = _MemoryLRU(self.policy.memory_bytes)
         self._on_touch = on_touch
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._inflight: dict[Digest, Future[bytes]] = {}
         self._demand: queue.Queue[_Job] = queue.Queue()
         self._background: queue.Queue[_Job] = queue.Queue()
@@ -283,6 +289,7 @@ class Fetcher:
     def _schedule(self, ids: list[Digest], q: queue.Queue[_Job], max_span: int) -> None:
         """Group ``ids`` per pack, coalesce neighbours, queue one job per coalesced read."""
         per_pack: dict[Digest, list[tuple[int, int, Digest]]] = {}
+        unknown: list[Digest] = []
         for blob_id in ids:
             try:
                 loc = self.repo.lookup(blob_id)
@@ -290,11 +297,7 @@ class Fetcher:
                 self._settle(blob_id, None, exc)
                 continue
             if loc is None:
-                self._settle(
-                    blob_id,
-                    None,
-                    MissingObject(f"blob {blob_id.short} is not in the repository's index"),
-                )
+                unknown.append(blob_id)
                 continue
             per_pack.setdefault(loc.pack_id, []).append(
                 (loc.entry.offset, loc.entry.length, blob_id)
@@ -302,6 +305,8 @@ class Fetcher:
         for reads in per_pack.values():
             for span in coalesce(reads, max_gap=self.policy.max_gap, max_size=max_span):
                 q.put((tuple(item[2] for item in span.items), span.length))
+        if unknown:  # not in the index this mount knows: a worker re-reads it (see _run)
+            q.put((tuple(unknown), 0))
 
     # ----------------------------------------------------------------- workers
     def _worker(self, q: queue.Queue[_Job]) -> None:
@@ -319,7 +324,7 @@ class Fetcher:
                 with self._lock:
                     self._busy -= 1
 
-    def _run(self, ids: tuple[Digest, ...], span_length: int) -> None:
+    def _run(self, ids: tuple[Digest, ...], span_length: int, *, resynced: bool = False) -> None:
         done: set[Digest] = set()
         self.stats.add(requests=1, bytes_fetched=span_length)
         try:
@@ -329,6 +334,10 @@ class Fetcher:
                 self._settle(blob_id, data, None)
         except Exception as exc:
             rest = [i for i in ids if i not in done]
+            if isinstance(exc, MissingObject) and not resynced and self._resync_index(exc):
+                # A prune may have moved these blobs to other packs: look them up again.
+                self._run(tuple(rest), 0, resynced=True)
+                return
             if isinstance(exc, IntegrityError) and len(rest) > 1:
                 log.warning(
                     "a read of %d blobs failed verification; reading them one by one", len(rest)
@@ -340,6 +349,18 @@ class Fetcher:
             self.stats.add(fetch_errors=len(rest))
             for blob_id in rest:
                 self._settle(blob_id, None, exc)
+
+    def _resync_index(self, cause: Exception) -> bool:
+        """Merge the index files published since the mount opened the repository."""
+        with self._sync_lock:
+            try:
+                merged = self.repo.sync_index()
+            except Exception as exc:
+                log.warning("re-reading the repository index after %r failed: %s", cause, exc)
+                return False
+        log.info("re-read the repository index (%d new file(s)) after: %s", merged, cause)
+        self.stats.add(index_resyncs=1)
+        return True
 
     def _run_one(self, blob_id: Digest) -> None:
         self.stats.add(requests=1)

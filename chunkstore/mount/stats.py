@@ -4,7 +4,8 @@ Every counter is a plain integer updated under one lock (reads, fetch threads an
 update them concurrently). ``bytes_fetched`` counts stored (compressed, sealed) bytes asked of the
 repository for chunks, ``plain_bytes_fetched`` the verified plaintext they decoded to,
 ``requests`` the ranged reads issued (one per coalesced group of neighbouring chunks in a pack),
-``bytes_served`` what FUSE ``read`` calls returned.
+``bytes_served`` what FUSE ``read`` calls returned, ``index_resyncs`` how often a blob missing
+from the index or its pack made the mount re-read the repository's index files.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MountStats:
     bytes_served: int = 0
     read_errors: int = 0
     trees_loaded: int = 0
+    index_resyncs: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
