@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from chunkstore import crypto
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.blob import BlobType, Location, StoredBlob
+from chunkstore.blobcache import BlobCache
 from chunkstore.chunker import ChunkerParams
 from chunkstore.codec import BlobCodec
 from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
@@ -54,7 +55,14 @@ from index.errors import FormatError, UnsupportedVersion
 from index.ids import Digest
 from index.record import MAX_RECORD_SIZE, Record
 
-__all__ = ["LockCheck", "PasswordSource", "Repository", "SaveResult"]
+__all__ = [
+    "INDEX_ROTATE_BLOBS",
+    "META_CACHE_BYTES",
+    "LockCheck",
+    "PasswordSource",
+    "Repository",
+    "SaveResult",
+]
 
 log = logging.getLogger("chunkstore")
 
@@ -62,6 +70,8 @@ log = logging.getLogger("chunkstore")
 PasswordSource = bytes | Callable[[], bytes] | None
 #: Start a new index file once this many blobs are waiting to be indexed.
 INDEX_ROTATE_BLOBS = 50_000
+#: Bound of the on-disk metadata cache of a remote repository (least recently used go first).
+META_CACHE_BYTES = 512 << 20
 _MAX_INDEX_STORED = 256 * 1024 * 1024
 _Key = tuple[BlobType, Digest]
 _T = TypeVar("_T")
@@ -139,6 +149,14 @@ class Repository:
         self._uploaders: list[threading.Thread] = []
         self._upload_error: BaseException | None = None
         self.stats = {"packs_written": 0, "index_files_written": 0, "bytes_written": 0}
+        # Metadata blobs (trees, recipes, chunk lists) of a remote repository are kept on local
+        # disk, verified on every hit: browsing, restoring and mounting re-read them often, and
+        # each read from a registry is a round trip. The backend asks for it (``cache_metadata``).
+        self.meta_cache: BlobCache | None = None
+        if getattr(backend, "cache_metadata", False):
+            self.meta_cache = BlobCache(
+                self.cache_dir, "meta", self.codec.blob_id, META_CACHE_BYTES
+            )
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -542,8 +560,21 @@ class Repository:
         """Load and verify one blob."""
         return self.load_at(self._locate(blob_id))
 
+    def _cached(self, loc: Location) -> bytes | None:
+        if self.meta_cache is None or loc.entry.type is not BlobType.META:
+            return None
+        return self.meta_cache.get(loc.entry.id)
+
     def load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
         """Load and verify the blob at ``loc`` (``stored``: its bytes if already read)."""
+        if stored is None and (hit := self._cached(loc)) is not None:
+            return hit
+        plain = self._load_at(loc, stored)
+        if self.meta_cache is not None and loc.entry.type is BlobType.META:
+            self.meta_cache.put(loc.entry.id, plain)
+        return plain
+
+    def _load_at(self, loc: Location, stored: bytes | None) -> bytes:
         e = loc.entry
         handle = Handle(FileType.PACK, loc.pack_id.hex)
         for attempt in (1, 2):
@@ -573,6 +604,9 @@ class Repository:
         per_pack: dict[Digest, list[tuple[int, int, Location]]] = {}
         for blob_id in dict.fromkeys(ids):
             loc = self._locate(blob_id)
+            if (hit := self._cached(loc)) is not None:
+                yield blob_id, hit
+                continue
             per_pack.setdefault(loc.pack_id, []).append((loc.entry.offset, loc.entry.length, loc))
         for pack_id, reads in per_pack.items():
             handle = Handle(FileType.PACK, pack_id.hex)

@@ -193,6 +193,8 @@ class RegistryBackend:
         """
         self._client = client
         self.upload_concurrency = upload_concurrency
+        #: Every read is a round trip: the repository keeps verified metadata blobs on disk.
+        self.cache_metadata = True
         self._entries: dict[Handle, _Entry] = {}
         self._lock = threading.Lock()
         self._empty_uploaded = False

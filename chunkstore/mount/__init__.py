@@ -5,7 +5,7 @@ The read path, from a FUSE request to verified bytes::
     fs.py       pyfuse3 adapter: inodes, attributes, one to_errno(); the only FUSE/trio import
     reader.py   ExtentReader: (file, offset, size) -> chunk ids by bisect -> bytes; readahead
     fetch.py    Fetcher: cache first, then coalesced, concurrent, deadline-bounded repository reads
-    cache.py    ChunkCache: bounded, verified, LRU on-disk chunk cache shared between mounts
+    (chunkstore.blobcache.BlobCache: the bounded, verified on-disk cache the chunks go to)
     prefetch.py access profiles: record the chunks a run touched, replay them after the next mount
     stats.py    counters written by ``--stats``
     run.py      mount_image(): wires the above together for one image and serves it

@@ -3,7 +3,7 @@
 A FUSE read needs a handful of blobs (chunks, or the tree and chunk-list blobs that describe the
 file system). :meth:`Fetcher.get` finds each one in this order::
 
-    memory LRU (hot chunks, a few MiB)  ->  on-disk ChunkCache (verified on read)
+    memory LRU (hot chunks, a few MiB)  ->  on-disk BlobCache (verified on read)
         ->  in-flight fetch of the same id (joined, never issued twice)
         ->  new fetch: ids grouped per pack, neighbours within ``max_gap`` coalesced (ranges.py)
             into one ``Repository.load_blobs`` call = one ranged read, run on a worker thread
@@ -45,8 +45,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from chunkstore.blobcache import BlobCache
 from chunkstore.errors import IntegrityError, MissingObject, Transient, UsageError
-from chunkstore.mount.cache import ChunkCache
 from chunkstore.mount.stats import MountStats
 from chunkstore.ranges import coalesce
 from chunkstore.repository import Repository
@@ -127,7 +127,7 @@ class Fetcher:
     def __init__(
         self,
         repo: Repository,
-        cache: ChunkCache | None = None,
+        cache: BlobCache | None = None,
         policy: FetchPolicy | None = None,
         *,
         stats: MountStats | None = None,

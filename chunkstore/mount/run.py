@@ -3,7 +3,7 @@
 ::
 
     open_image(repo, name, platform)          the image record: root tree id, root metadata
-    ChunkCache(cache_dir, namespace)          verified on-disk chunks, shared between mounts
+    BlobCache(cache_dir, namespace)          verified on-disk chunks, shared between mounts
     Fetcher(repo, cache, policy)              coalesced, concurrent, deadline-bounded fetches
         on_touch -> ProfileRecorder           (--record-profile)
     ExtentReader(fetcher)                     file reads and readahead
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chunkstore.blobcache import BlobCache, cache_namespace
 from chunkstore.browse import open_image
-from chunkstore.mount.cache import ChunkCache, cache_namespace
 from chunkstore.mount.fetch import Fetcher, FetchPolicy
 from chunkstore.mount.fs import ImageFS, MountOptions, serve
 from chunkstore.mount.prefetch import ProfileRecorder, read_profile, replay_profile
@@ -65,9 +65,7 @@ def mount_image(
     cache = None
     if cfg.cache_dir is not None and cfg.cache_size > 0:
         namespace = cache_namespace(algorithm, repo.config.repo_id)
-        cache = ChunkCache(
-            cfg.cache_dir, namespace, repo.codec.blob_id, cfg.cache_size, stats=stats
-        )
+        cache = BlobCache(cfg.cache_dir, namespace, repo.codec.blob_id, cfg.cache_size, stats=stats)
     recorder = ProfileRecorder(cfg.record_profile) if cfg.record_profile is not None else None
     fetcher = Fetcher(
         repo,

@@ -593,3 +593,43 @@ def test_backend_upload_concurrency_overlaps_pack_uploads(tmp_path: Path) -> Non
     assert backend.peak >= 2, backend.peak  # several packs were in flight at once
     assert [repo.load_blob(i) for i in ids] == blobs
     repo.close()
+
+
+class _CountingRemote(MemoryBackend):
+    """A backend that asks for a metadata cache and counts pack reads."""
+
+    cache_metadata = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pack_loads = 0
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        if handle.type is FileType.PACK:
+            self.pack_loads += 1
+        return super().load(handle, offset, length)
+
+
+def test_remote_metadata_is_cached_on_disk_and_verified(tmp_path: Path) -> None:
+    backend = _CountingRemote()
+    repo = Repository.init(backend, cache_dir=tmp_path, chunker=ChunkerParams(1024, 4096, 16384))
+    meta = repo.save_blob(BlobType.META, b"a tree blob" * 100).id
+    data = repo.save_blob(BlobType.DATA, b"a chunk" * 100).id
+    repo.flush()
+    repo.close()
+    again = Repository.open(backend, cache_dir=tmp_path)
+    assert again.meta_cache is not None
+    backend.pack_loads = 0
+    assert again.load_blob(meta) == b"a tree blob" * 100
+    assert backend.pack_loads == 1
+    assert again.load_blob(meta) == b"a tree blob" * 100
+    assert dict(again.load_blobs([meta])) == {meta: b"a tree blob" * 100}
+    assert backend.pack_loads == 1  # served from the cache, no round trip
+    assert again.load_blob(data) == b"a chunk" * 100
+    assert backend.pack_loads == 2  # data chunks are not kept (the mount has its own cache)
+    # A damaged cache entry is a miss: fetched again, verified, never returned as is.
+    (entry,) = [p for p in tmp_path.rglob(meta.hex) if p.is_file()]
+    entry.write_bytes(b"garbage")
+    assert again.load_blob(meta) == b"a tree blob" * 100
+    assert backend.pack_loads == 3
+    again.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.blobcache import BlobCache
 from chunkstore.errors import IntegrityError, Transient
-from chunkstore.mount.cache import ChunkCache
 from chunkstore.mount.fetch import Fetcher, FetchPolicy
 from tests.mount.conftest import ImageRepo, open_gated
 
@@ -19,7 +19,7 @@ def test_get_coalesces_and_caches(image_repo: ImageRepo, tmp_path: Path) -> None
     repo, gated = image_repo.open(tmp_path)
     refs = image_repo.chunks(repo, "usr/lib/big.bin")
     assert len(refs) > 20
-    cache = ChunkCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
+    cache = BlobCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
     fetcher = Fetcher(repo, cache)
     try:
         before = gated.pack_loads
@@ -100,7 +100,7 @@ def test_corrupt_chunk_fails_alone_and_is_never_cached(
     raw = bytearray(pack.read_bytes())
     raw[loc.entry.offset + loc.entry.length // 2] ^= 0x55
     pack.write_bytes(bytes(raw))
-    cache = ChunkCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
+    cache = BlobCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
     fetcher = Fetcher(repo, cache)
     try:
         with pytest.raises(IntegrityError):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.blobcache import BlobCache
 from chunkstore.errors import UsageError
-from chunkstore.mount.cache import ChunkCache
 from chunkstore.mount.fetch import Fetcher
 from chunkstore.mount.prefetch import ProfileRecorder, read_profile, replay_profile
 from chunkstore.mount.reader import ExtentReader
@@ -37,7 +37,7 @@ def test_record_then_prefetch_round_trip(image_repo: ImageRepo, tmp_path: Path) 
     assert ids[0] == refs[first].id  # in touch order
     assert read_profile(profile, "hmac-sha256") == []
 
-    cache = ChunkCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
+    cache = BlobCache(tmp_path / "chunks", "sha256", repo.codec.blob_id, 1 << 30)
     cold = Fetcher(repo, cache)
     try:
         before = gated.pack_loads

@@ -1,4 +1,4 @@
-"""ChunkCache: verified hits, corrupt entries are misses, LRU eviction, restarts."""
+"""BlobCache: verified hits, corrupt entries are misses, LRU eviction, restarts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from chunkstore.blobcache import CACHE_VERSION, BlobCache, cache_namespace
 from chunkstore.hashing import BlobHasher
-from chunkstore.mount.cache import CACHE_VERSION, ChunkCache, cache_namespace
 from index.ids import Digest
 
 HASH = BlobHasher("sha256")
@@ -19,7 +19,7 @@ def blob(n: int, size: int = 1000) -> tuple[Digest, bytes]:
 
 
 def test_put_get_and_layout(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, "sha256", HASH, 1 << 20)
+    cache = BlobCache(tmp_path, "sha256", HASH, 1 << 20)
     bid, data = blob(1)
     assert cache.get(bid) is None
     cache.put(bid, data)
@@ -29,7 +29,7 @@ def test_put_get_and_layout(tmp_path: Path) -> None:
 
 
 def test_corrupt_entry_is_a_miss_and_is_deleted(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, "sha256", HASH, 1 << 20)
+    cache = BlobCache(tmp_path, "sha256", HASH, 1 << 20)
     bid, data = blob(2)
     cache.put(bid, data)
     path = cache.dir / bid.hex[:2] / bid.hex
@@ -43,7 +43,7 @@ def test_corrupt_entry_is_a_miss_and_is_deleted(tmp_path: Path) -> None:
 
 
 def test_evicts_least_recently_used_within_bound(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, "sha256", HASH, 10_000)
+    cache = BlobCache(tmp_path, "sha256", HASH, 10_000)
     blobs = [blob(i) for i in range(9)]
     for bid, data in blobs:
         cache.put(bid, data)
@@ -61,7 +61,7 @@ def test_evicts_least_recently_used_within_bound(tmp_path: Path) -> None:
 
 
 def test_restart_rebuilds_order_and_drops_temporaries(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, "sha256", HASH, 1 << 20)
+    cache = BlobCache(tmp_path, "sha256", HASH, 1 << 20)
     old, new = blob(1), blob(2)
     cache.put(*old)
     cache.put(*new)
@@ -69,13 +69,13 @@ def test_restart_rebuilds_order_and_drops_temporaries(tmp_path: Path) -> None:
     os.utime(cache.dir / old[0].hex[:2] / old[0].hex, ns=(past, past))
     stray = cache.dir / new[0].hex[:2] / ".tmp-deadbeef"
     stray.write_bytes(b"partial")
-    again = ChunkCache(tmp_path, "sha256", HASH, 1500)  # room for one: the older one goes
+    again = BlobCache(tmp_path, "sha256", HASH, 1500)  # room for one: the older one goes
     assert not stray.exists()
     assert old[0] not in again and again.get(new[0]) == new[1]
 
 
 def test_oversized_blob_is_not_cached(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, "sha256", HASH, 100)
+    cache = BlobCache(tmp_path, "sha256", HASH, 100)
     bid, data = blob(3)
     cache.put(bid, data)
     assert bid not in cache and cache.get(bid) is None

@@ -1,8 +1,9 @@
-"""A bounded, verified on-disk chunk cache shared by every mount on the machine.
+"""A bounded, verified on-disk cache of plaintext blobs (mount chunks, registry metadata).
 
 A mount reads the same chunks again and again (a program started twice, two tags sharing a base),
-and a registry round trip costs far more than a local file read, so verified plaintext chunks are
-kept on disk::
+and a repository in a registry serves every tree, recipe and chunk list over the network, while a
+registry round trip costs far more than a local file read; so verified plaintext blobs are kept on
+disk::
 
     CACHE_DIR/v1/NAMESPACE/ab/abcdef0123...      one file per blob, named by its id in hex
     CACHE_DIR/v1/NAMESPACE/ab/.tmp-<random>       a put in progress (renamed into place)
@@ -36,19 +37,43 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from chunkstore.mount.stats import MountStats
 from index.ids import Digest
 
-__all__ = ["CACHE_VERSION", "ChunkCache", "cache_namespace"]
+__all__ = ["CACHE_VERSION", "BlobCache", "CacheCounters", "Counters", "cache_namespace"]
 
 #: Layout version: the first directory level, so a future layout never reads these files.
 CACHE_VERSION = "v1"
 _TOUCH_EVERY_NS = 60 * 1_000_000_000
 _TMP = ".tmp-"
 
-log = logging.getLogger("chunkstore.mount")
+log = logging.getLogger(__name__)
+
+
+class Counters(Protocol):
+    """Where a cache reports what it did (``cache_corrupt``, ``cache_evictions``)."""
+
+    def add(self, **counts: int) -> None:
+        """Add to counters by name."""
+        ...
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    """The counters a cache keeps when nobody else collects them (thread-safe ``add``)."""
+
+    cache_corrupt: int = 0
+    cache_evictions: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to counters by name."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
 
 def cache_namespace(id_algorithm: str, repo_id: bytes) -> str:
@@ -58,7 +83,7 @@ def cache_namespace(id_algorithm: str, repo_id: bytes) -> str:
     return f"{id_algorithm}-{repo_id.hex()[:16]}"
 
 
-class ChunkCache:
+class BlobCache:
     """Verified plaintext blobs on disk under a size bound, evicted least recently used first."""
 
     def __init__(
@@ -68,14 +93,14 @@ class ChunkCache:
         blob_id: Callable[[bytes], Digest],
         max_bytes: int,
         *,
-        stats: MountStats | None = None,
+        stats: Counters | None = None,
     ) -> None:
         """Open (creating) the cache under ``root``; ``blob_id`` names a plaintext blob."""
         self.dir = root / CACHE_VERSION / namespace
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._blob_id = blob_id
         self.max_bytes = max(0, max_bytes)
-        self.stats = stats if stats is not None else MountStats()
+        self.stats: Counters = stats if stats is not None else CacheCounters()
         self._lock = threading.Lock()
         # blob hex -> (size, last use in ns); oldest first.
         self._entries: OrderedDict[str, tuple[int, int]] = OrderedDict()
@@ -139,7 +164,7 @@ class ChunkCache:
                     self._total -= gone[0]
             return None
         if self._blob_id(data) != blob_id:
-            log.warning("cached chunk %s is damaged; dropping it", blob_id.short)
+            log.warning("cached blob %s is damaged; dropping it", blob_id.short)
             self._drop(hex_id)
             self.stats.add(cache_corrupt=1)
             return None
@@ -177,7 +202,7 @@ class ChunkCache:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("cannot cache chunk %s: %s", blob_id.short, exc)
+            log.warning("cannot cache blob %s: %s", blob_id.short, exc)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             return
