@@ -12,6 +12,12 @@ are followed to image manifests, selecting a platform such as ``linux/amd64`` or
 ``linux/arm64/v8`` (or every platform when none is asked for; attestation entries whose platform
 is ``unknown/unknown`` are skipped).
 
+The walk itself, and the model it produces (:class:`Descriptor`, :class:`Platform`,
+:class:`ImageRef`, the media types and size caps), live in :mod:`chunkstore.images.manifests`,
+shared with ``docker://`` sources; they are re-exported here. This module supplies what is
+particular to a layout: blobs read from local files (verified while read), the ``index.json``
+reference names, and the refusal of foreign layers the layout does not hold.
+
 Writing (:class:`OCILayoutWriter`) stores blobs atomically and updates ``index.json`` atomically,
 only once every blob a manifest references is in place.
 """
@@ -23,11 +29,9 @@ import os
 import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chunkstore import jsonsafe
 from chunkstore.errors import (
     BackendError,
     MissingObject,
@@ -39,10 +43,28 @@ from chunkstore.images.blobs import (
     BlobDigestMismatch,
     VerifiedReader,
     blob_path,
-    parse_sha256,
     write_blob_atomically,
 )
-from chunkstore.images.compression import layer_compression
+from chunkstore.images.manifests import (
+    CONFIG_MEDIA_TYPES,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageRef,
+    ManifestSource,
+    Platform,
+    load_json,
+    parse_descriptor,
+    resolve_images,
+)
 from index.ids import Digest, sha256
 
 __all__ = [
@@ -66,173 +88,11 @@ __all__ = [
     "parse_descriptor",
 ]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MANIFEST_MEDIA_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIG_MEDIA_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 REF_NAME = "org.opencontainers.image.ref.name"
 
-MAX_MANIFEST_SIZE = 4 << 20
-MAX_CONFIG_SIZE = 8 << 20
 _MAX_LAYOUT_FILE = 4096
-_MAX_DEPTH = 8
-_MAX_MANIFESTS = 10_000
 _LAYOUT_VERSION = "1.0.0"
 _TEMP_PREFIX = ".tmp-"
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """An OCI platform: ``os/architecture[/variant]``."""
-
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        """``os/arch`` or ``os/arch/variant``."""
-        base = f"{self.os}/{self.architecture}"
-        return f"{base}/{self.variant}" if self.variant else base
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        """Parse ``linux/amd64`` or ``linux/arm64/v8``."""
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise UsageError(
-                f"invalid platform {text!r:.80}; use os/architecture[/variant], e.g. linux/amd64"
-            )
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    @classmethod
-    def from_json(cls, obj: object, what: str) -> Platform:
-        """The ``platform`` object of a descriptor (or the os/architecture of a config)."""
-        if not isinstance(obj, dict):
-            raise UsageError(f"{what}: platform must be a JSON object")
-        os_, arch, variant = obj.get("os"), obj.get("architecture"), obj.get("variant")
-        if not isinstance(os_, str) or not isinstance(arch, str):
-            raise UsageError(f"{what}: platform needs string 'os' and 'architecture'")
-        if variant is not None and not isinstance(variant, str):
-            raise UsageError(f"{what}: platform 'variant' must be a string")
-        return cls(os_, arch, variant or None)
-
-    def to_json(self) -> dict[str, str]:
-        """The descriptor ``platform`` object."""
-        d = {"architecture": self.architecture, "os": self.os}
-        if self.variant:
-            d["variant"] = self.variant
-        return d
-
-    def matches(self, wanted: Platform) -> bool:
-        """Whether this platform satisfies ``wanted`` (no variant asked: any variant matches)."""
-        if self.os != wanted.os or self.architecture != wanted.architecture:
-            return False
-        if wanted.variant is None:
-            return True
-        mine = self.variant
-        if mine is None and self.architecture == "arm64":
-            mine = "v8"
-        return mine == wanted.variant
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """An OCI content descriptor (digest already strictly parsed)."""
-
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: tuple[tuple[str, str], ...] = ()
-    urls: tuple[str, ...] = ()
-    platform: Platform | None = None
-
-    def annotation(self, key: str) -> str | None:
-        """The value of annotation ``key``, if present."""
-        for k, v in self.annotations:
-            if k == key:
-                return v
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object of this descriptor."""
-        d: dict[str, Any] = {
-            "mediaType": self.media_type,
-            "digest": str(self.digest),
-            "size": self.size,
-        }
-        if self.urls:
-            d["urls"] = list(self.urls)
-        if self.annotations:
-            d["annotations"] = dict(self.annotations)
-        if self.platform is not None:
-            d["platform"] = self.platform.to_json()
-        return d
-
-
-def parse_descriptor(obj: object, what: str) -> Descriptor:
-    """Validate a descriptor JSON object; ``UsageError`` naming ``what`` when it is malformed."""
-    if not isinstance(obj, dict):
-        raise UsageError(f"{what}: a descriptor must be a JSON object")
-    media_type, digest_text, size = obj.get("mediaType"), obj.get("digest"), obj.get("size")
-    if not isinstance(media_type, str) or not media_type:
-        raise UsageError(f"{what}: descriptor has no 'mediaType'")
-    if not isinstance(digest_text, str):
-        raise UsageError(f"{what}: descriptor has no 'digest'")
-    digest = parse_sha256(digest_text, what)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise UsageError(f"{what}: descriptor size must be a non-negative integer")
-    annotations = obj.get("annotations") or {}
-    if not isinstance(annotations, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-    ):
-        raise UsageError(f"{what}: 'annotations' must map strings to strings")
-    urls = obj.get("urls") or []
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise UsageError(f"{what}: 'urls' must be a list of strings")
-    platform = obj.get("platform")
-    return Descriptor(
-        media_type=media_type,
-        digest=digest,
-        size=size,
-        annotations=tuple(sorted(annotations.items())),
-        urls=tuple(urls),
-        platform=None if platform is None else Platform.from_json(platform, what),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    """One image (one platform): its exact manifest and config bytes and its layers."""
-
-    manifest_bytes: bytes
-    manifest_digest: Digest
-    media_type: str
-    config_bytes: bytes
-    config_digest: Digest
-    config_media_type: str
-    layers: tuple[Descriptor, ...]
-    ref_name: str | None = None
-    platform: Platform | None = None
-    #: The image index this manifest was reached through (outermost first).
-    parents: tuple[Descriptor, ...] = ()
-    #: True when the manifest was made up by the reader (legacy docker-archive), not stored.
-    synthesized: bool = False
-    annotations: tuple[tuple[str, str], ...] = field(default=())
-
-
-def _load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = jsonsafe.loads(data)
-    except ValueError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{what} must be a JSON object")
-    return obj
 
 
 def _read_small(path: Path, cap: int, what: str) -> bytes:
@@ -253,7 +113,7 @@ def _read_small(path: Path, cap: int, what: str) -> bytes:
 
 def _check_layout_file(root: Path) -> None:
     data = _read_small(root / "oci-layout", _MAX_LAYOUT_FILE, "OCI layout marker")
-    obj = _load_json(data, f"{root / 'oci-layout'}")
+    obj = load_json(data, f"{root / 'oci-layout'}")
     version = obj.get("imageLayoutVersion")
     if version != _LAYOUT_VERSION:
         raise UnsupportedFormat(
@@ -290,7 +150,7 @@ class OCILayout:
             raise UsageError(f"{self._root} is not a directory; expected an OCI image layout")
         _check_layout_file(self._root)
         data = _read_small(self._root / "index.json", MAX_MANIFEST_SIZE, "OCI index")
-        self._index = _load_json(data, f"{self._root / 'index.json'}")
+        self._index = load_json(data, f"{self._root / 'index.json'}")
         if self._index.get("schemaVersion") != 2:
             raise UnsupportedFormat(f"{self._root / 'index.json'} is not schemaVersion 2")
         manifests = self._index.get("manifests")
@@ -372,12 +232,19 @@ class OCILayout:
                 raise UsageError(
                     f"no image named {ref!r:.100} in {self._root}; available: {self._ref_list()}"
                 )
-        out: list[ImageRef] = []
-        for entry in chosen:
-            if wanted is not None and entry.platform is not None:
-                if not entry.platform.matches(wanted):
-                    continue
-            self._follow(entry, ref, wanted, (), out, 0)
+        source = ManifestSource(
+            load=self._load_manifest,
+            read_config=self._read_config,
+            name=str(self._root),
+            nesting=f"in {self._root}",
+            image_name=ref or "the image",
+            ref_name=ref,
+            check_layer=self._check_foreign_layer,
+        )
+        roots = [
+            e for e in chosen if wanted is None or e.platform is None or e.platform.matches(wanted)
+        ]
+        out = resolve_images(source, roots, wanted)
         if not out:
             raise UsageError(
                 f"{ref or 'the image'} in {self._root} has no manifest for platform {platform}"
@@ -388,105 +255,24 @@ class OCILayout:
         refs = self.refs()
         return ", ".join(refs) if refs else "(no reference names)"
 
-    def _follow(
-        self,
-        desc: Descriptor,
-        ref: str | None,
-        wanted: Platform | None,
-        parents: tuple[Descriptor, ...],
-        out: list[ImageRef],
-        depth: int,
-    ) -> None:
-        if depth > _MAX_DEPTH:
-            raise UsageError(f"image indexes in {self._root} nest deeper than {_MAX_DEPTH}")
-        what = f"{desc.media_type} {desc.digest}"
-        if desc.media_type in INDEX_MEDIA_TYPES:
-            data = self.read_blob(desc, MAX_MANIFEST_SIZE)
-            obj = _load_json(data, what)
-            _check_media_type(obj, desc, what)
-            children = obj.get("manifests")
-            if not isinstance(children, list):
-                raise UsageError(f"{what} has no 'manifests' list")
-            if len(children) > _MAX_MANIFESTS:
-                raise UsageError(f"{what} lists more than {_MAX_MANIFESTS} manifests")
-            for i, child_obj in enumerate(children):
-                child = parse_descriptor(child_obj, f"{what} entry {i}")
-                p = child.platform
-                if p is not None and p.os == "unknown" and p.architecture == "unknown":
-                    continue  # buildkit attestation manifests
-                if wanted is not None and (p is None or not p.matches(wanted)):
-                    continue
-                self._follow(child, ref, wanted, (*parents, desc), out, depth + 1)
-            return
-        if desc.media_type not in MANIFEST_MEDIA_TYPES:
-            raise UsageError(
-                f"{what}: unsupported manifest media type; supported: "
-                f"{', '.join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))}"
-            )
-        if len(out) >= _MAX_MANIFESTS:
-            raise UsageError(f"{self._root} selects more than {_MAX_MANIFESTS} images")
-        out.append(self._image(desc, ref, wanted, parents))
-
-    def _image(
-        self,
-        desc: Descriptor,
-        ref: str | None,
-        wanted: Platform | None,
-        parents: tuple[Descriptor, ...],
-    ) -> ImageRef:
-        what = f"manifest {desc.digest}"
+    def _load_manifest(self, desc: Descriptor, what: str) -> tuple[bytes, dict[str, Any]]:
+        if desc.media_type in MANIFEST_MEDIA_TYPES:
+            what = f"manifest {desc.digest}"  # image manifests are named by digest alone here
         data = self.read_blob(desc, MAX_MANIFEST_SIZE)
-        obj = _load_json(data, what)
+        obj = load_json(data, what)
         _check_media_type(obj, desc, what)
-        if obj.get("schemaVersion") != 2:
-            raise UnsupportedFormat(f"{what} is not schemaVersion 2")
-        config = parse_descriptor(obj.get("config"), f"{what} config")
-        if config.media_type not in CONFIG_MEDIA_TYPES:
+        return data, obj
+
+    def _read_config(self, config: Descriptor, what: str) -> bytes:
+        return self.read_blob(config, MAX_CONFIG_SIZE)
+
+    def _check_foreign_layer(self, layer: Descriptor, what: str) -> None:
+        if layer.urls and not self.has_blob(layer.digest):
             raise UsageError(
-                f"{what} has config media type {config.media_type!r:.100}: not a container "
-                f"image (supported: {', '.join(sorted(CONFIG_MEDIA_TYPES))})"
+                f"{what} has a foreign layer {layer.digest} (fetched from "
+                f"{layer.urls[0]:.100}) that is not in {self._root}; foreign layers are not "
+                "supported, copy the image with its foreign layers included"
             )
-        layers_obj = obj.get("layers")
-        if not isinstance(layers_obj, list):
-            raise UsageError(f"{what} has no 'layers' list")
-        layers = tuple(
-            parse_descriptor(layer, f"{what} layer {i}") for i, layer in enumerate(layers_obj)
-        )
-        for layer in layers:
-            layer_compression(layer.media_type)
-            if layer.urls and not self.has_blob(layer.digest):
-                raise UsageError(
-                    f"{what} has a foreign layer {layer.digest} (fetched from "
-                    f"{layer.urls[0]:.100}) that is not in {self._root}; foreign layers are not "
-                    "supported, copy the image with its foreign layers included"
-                )
-        config_bytes = self.read_blob(config, MAX_CONFIG_SIZE)
-        config_obj = _load_json(config_bytes, f"config {config.digest}")
-        platform = desc.platform
-        if isinstance(config_obj.get("os"), str) and isinstance(
-            config_obj.get("architecture"), str
-        ):
-            platform = Platform.from_json(config_obj, f"config {config.digest}")
-        if wanted is not None and platform is not None and not platform.matches(wanted):
-            if desc.platform is None:
-                raise UsageError(f"{ref or 'the image'} is {platform}, not {wanted}")
-        annotations = obj.get("annotations") or {}
-        pairs: tuple[tuple[str, str], ...] = ()
-        if isinstance(annotations, dict):
-            pairs = tuple(sorted((k, v) for k, v in annotations.items() if isinstance(v, str)))
-        return ImageRef(
-            manifest_bytes=data,
-            manifest_digest=desc.digest,
-            media_type=desc.media_type,
-            config_bytes=config_bytes,
-            config_digest=config.digest,
-            config_media_type=config.media_type,
-            layers=layers,
-            ref_name=ref,
-            platform=desc.platform or platform,
-            parents=parents,
-            annotations=pairs,
-        )
 
 
 def _write_file_atomically(path: Path, data: bytes) -> None:
@@ -533,7 +319,7 @@ class OCILayoutWriter:
         index_path = self._root / "index.json"
         if index_path.exists():
             data = _read_small(index_path, MAX_MANIFEST_SIZE, "OCI index")
-            self._index = _load_json(data, str(index_path))
+            self._index = load_json(data, str(index_path))
             if not isinstance(self._index.get("manifests"), list):
                 raise UsageError(f"{index_path} has no 'manifests' list")
         else:
@@ -595,7 +381,7 @@ class OCILayoutWriter:
             raise UsageError(f"manifest is larger than {MAX_MANIFEST_SIZE} bytes")
         digest = sha256(manifest_bytes)
         what = f"manifest {digest}"
-        obj = _load_json(manifest_bytes, what)
+        obj = load_json(manifest_bytes, what)
         plat = Platform.parse(platform) if isinstance(platform, str) else platform
         desc = Descriptor(
             media_type,

@@ -10,11 +10,13 @@ distribution API (:class:`~chunkstore.registry.client.RegistryClient`)::
                         └─ layers[j] blobs            (compressed tars, possibly GBs)
 
 **Pull** (backup source, :class:`RegistrySource`). :meth:`RegistrySource.resolve` walks this graph
-the way :meth:`chunkstore.images.oci_layout.OCILayout.resolve` walks an OCI layout, with the same
-platform selection: every platform of an index by default (``unknown/unknown`` attestation entries
-skipped), or the one matching ``os/arch[/variant]``. It fetches only manifests and configs (small,
-size-capped, verified by digest: a manifest named by a tag is hashed and the tag's digest recorded,
-exactly as an ``index.json`` entry would give it). Layers are fetched later and only on demand
+with :func:`chunkstore.images.manifests.resolve_images`, the walk
+:meth:`chunkstore.images.oci_layout.OCILayout.resolve` uses for an OCI layout (only the reading of
+manifests and configs is the registry's own), so the platform selection is the same: every platform
+of an index by default (``unknown/unknown`` attestation entries skipped), or the one matching
+``os/arch[/variant]``. It fetches only manifests and configs (small, size-capped, verified by
+digest: a manifest named by a tag is hashed and the tag's digest recorded, exactly as an
+``index.json`` entry would give it). Layers are fetched later and only on demand
 (:meth:`RegistrySource.open_blob`), so a layer already stored in the repository (same compressed
 digest and size) is never downloaded: the backup reuses its recipe without opening the blob.
 
@@ -45,20 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
-from chunkstore.errors import RegistryObjectMissing, UnsupportedFormat, UsageError
-from chunkstore.images.compression import layer_compression
-from chunkstore.images.oci_layout import (
-    CONFIG_MEDIA_TYPES,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
+from chunkstore.errors import RegistryObjectMissing, UsageError
+from chunkstore.images.manifests import (
     MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
     Descriptor,
     ImageRef,
+    ManifestSource,
     Platform,
-    parse_descriptor,
+    load_json,
+    resolve_images,
 )
 from chunkstore.registry.auth import RegistryAuth, credentials_for
 from chunkstore.registry.client import DEFAULT_ACCEPT, FetchedManifest, RegistryClient
@@ -75,8 +74,6 @@ __all__ = [
 
 #: The transport prefix of registry image locations (skopeo's ``docker://``).
 DOCKER_PREFIX = "docker://"
-_MAX_DEPTH = 8
-_MAX_MANIFESTS = 10_000
 _HEAD = 1 << 20
 _READ_PIECE = 1 << 20
 #: Blobs up to this size are uploaded in one request (read into memory); larger ones stream.
@@ -106,16 +103,6 @@ def open_client(ref: Reference, remote: RemoteOptions | None = None) -> Registry
     return RegistryClient.for_reference(ref, plain_http=plain, auth=auth)
 
 
-def _load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = jsonsafe.loads(data)
-    except ValueError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{what} must be a JSON object")
-    return obj
-
-
 def _check_fetched(fetched: FetchedManifest, desc: Descriptor, what: str) -> dict[str, Any]:
     """The parsed manifest, once its size and declared media type agree with ``desc``."""
     if len(fetched.data) != desc.size:
@@ -123,7 +110,7 @@ def _check_fetched(fetched: FetchedManifest, desc: Descriptor, what: str) -> dic
             f"{what} holds {len(fetched.data)} bytes but its descriptor says {desc.size}; "
             "the image is inconsistent"
         )
-    obj = _load_json(fetched.data, what)
+    obj = load_json(fetched.data, what)
     inner = obj.get("mediaType")
     if inner is not None and inner != desc.media_type:
         raise UsageError(
@@ -186,8 +173,26 @@ class RegistrySource:
             raise UsageError(f"the manifest of {self._ref} is larger than {MAX_MANIFEST_SIZE}")
         desc = Descriptor(top.media_type, top.digest, len(top.data))
         self._manifests[top.digest] = top.data
-        out: list[ImageRef] = []
-        self._follow(desc, top, wanted, (), out, 0)
+        pending = [top]  # the first manifest the walk loads is the one fetched by tag
+
+        def load(manifest: Descriptor, what: str) -> tuple[bytes, dict[str, Any]]:
+            if pending:
+                fetched = pending.pop()
+                return fetched.data, _check_fetched(fetched, manifest, what)
+            fetched, obj = self._fetch(manifest, what)
+            return fetched.data, obj
+
+        name = str(self._ref)
+        source = ManifestSource(
+            load=load,
+            read_config=self._read_config,
+            name=name,
+            nesting=f"of {name}",
+            suffix=f" of {name}",
+            image_name=name,
+            ref_name=self._ref.tag,
+        )
+        out = resolve_images(source, [desc], wanted)
         if not out:
             raise UsageError(f"{self._ref} has no manifest for platform {platform}")
         return out
@@ -210,100 +215,10 @@ class RegistrySource:
         self._manifests[desc.digest] = fetched.data
         return fetched, obj
 
-    def _follow(
-        self,
-        desc: Descriptor,
-        fetched: FetchedManifest | None,
-        wanted: Platform | None,
-        parents: tuple[Descriptor, ...],
-        out: list[ImageRef],
-        depth: int,
-    ) -> None:
-        if depth > _MAX_DEPTH:
-            raise UsageError(f"image indexes of {self._ref} nest deeper than {_MAX_DEPTH}")
-        what = f"{desc.media_type} {desc.digest} of {self._ref}"
-        if desc.media_type not in MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES:
-            raise UsageError(
-                f"{what}: unsupported manifest media type; supported: "
-                f"{', '.join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))}"
-            )
-        if fetched is None:
-            fetched, obj = self._fetch(desc, what)
-        else:
-            obj = _check_fetched(fetched, desc, what)
-        if desc.media_type in INDEX_MEDIA_TYPES:
-            children = obj.get("manifests")
-            if not isinstance(children, list):
-                raise UsageError(f"{what} has no 'manifests' list")
-            if len(children) > _MAX_MANIFESTS:
-                raise UsageError(f"{what} lists more than {_MAX_MANIFESTS} manifests")
-            for i, child_obj in enumerate(children):
-                child = parse_descriptor(child_obj, f"{what} entry {i}")
-                p = child.platform
-                if p is not None and p.os == "unknown" and p.architecture == "unknown":
-                    continue  # buildkit attestation manifests
-                if wanted is not None and (p is None or not p.matches(wanted)):
-                    continue
-                self._follow(child, None, wanted, (*parents, desc), out, depth + 1)
-            return
-        if len(out) >= _MAX_MANIFESTS:
-            raise UsageError(f"{self._ref} selects more than {_MAX_MANIFESTS} images")
-        out.append(self._image(desc, fetched.data, obj, wanted, parents))
-
-    def _image(
-        self,
-        desc: Descriptor,
-        data: bytes,
-        obj: dict[str, Any],
-        wanted: Platform | None,
-        parents: tuple[Descriptor, ...],
-    ) -> ImageRef:
-        what = f"manifest {desc.digest} of {self._ref}"
-        if obj.get("schemaVersion") != 2:
-            raise UnsupportedFormat(f"{what} is not schemaVersion 2")
-        config = parse_descriptor(obj.get("config"), f"{what} config")
-        if config.media_type not in CONFIG_MEDIA_TYPES:
-            raise UsageError(
-                f"{what} has config media type {config.media_type!r:.100}: not a container "
-                f"image (supported: {', '.join(sorted(CONFIG_MEDIA_TYPES))})"
-            )
-        layers_obj = obj.get("layers")
-        if not isinstance(layers_obj, list):
-            raise UsageError(f"{what} has no 'layers' list")
-        layers = tuple(
-            parse_descriptor(layer, f"{what} layer {i}") for i, layer in enumerate(layers_obj)
-        )
-        for layer in layers:
-            layer_compression(layer.media_type)  # refuses what cannot be ingested, before work
+    def _read_config(self, config: Descriptor, what: str) -> bytes:
         if config.size > MAX_CONFIG_SIZE:
             raise UsageError(f"{what}: config declares {config.size} bytes, over {MAX_CONFIG_SIZE}")
-        config_bytes = self._client.get_blob(config.digest, config.size, max_size=MAX_CONFIG_SIZE)
-        config_obj = _load_json(config_bytes, f"config {config.digest}")
-        platform = desc.platform
-        if isinstance(config_obj.get("os"), str) and isinstance(
-            config_obj.get("architecture"), str
-        ):
-            platform = Platform.from_json(config_obj, f"config {config.digest}")
-        if wanted is not None and platform is not None and not platform.matches(wanted):
-            if desc.platform is None:
-                raise UsageError(f"{self._ref} is {platform}, not {wanted}")
-        annotations = obj.get("annotations") or {}
-        pairs: tuple[tuple[str, str], ...] = ()
-        if isinstance(annotations, dict):
-            pairs = tuple(sorted((k, v) for k, v in annotations.items() if isinstance(v, str)))
-        return ImageRef(
-            manifest_bytes=data,
-            manifest_digest=desc.digest,
-            media_type=desc.media_type,
-            config_bytes=config_bytes,
-            config_digest=config.digest,
-            config_media_type=config.media_type,
-            layers=layers,
-            ref_name=self._ref.tag,
-            platform=desc.platform or platform,
-            parents=parents,
-            annotations=pairs,
-        )
+        return self._client.get_blob(config.digest, config.size, max_size=MAX_CONFIG_SIZE)
 
     # -- layer blobs ----------------------------------------------------------------------------
 
