@@ -74,7 +74,7 @@ def _needed(src: Repository, dst: Repository, record: Record) -> dict[Digest, se
     def locations(blob_id: Digest) -> list[Location]:
         return [loc for t in (BlobType.META, BlobType.DATA) if (loc := src.lookup(blob_id, t))]
 
-    reach = walk([(record.name, record.body)], locations, src.load_at)
+    reach = walk([(record.name, record.body)], locations, src.load_at, src.load_many)
     if reach.missing or reach.damaged:
         first = next(iter({**reach.missing, **reach.damaged}))
         raise CorruptMetadata(

@@ -50,7 +50,7 @@ def _packs(repo: Repository, record: Record) -> list[Handle]:
     def locations(blob_id: Digest) -> list[Location]:
         return [loc for t in (BlobType.META, BlobType.DATA) if (loc := repo.lookup(blob_id, t))]
 
-    reach = walk([(record.name, record.body)], locations, repo.load_at)
+    reach = walk([(record.name, record.body)], locations, repo.load_at, repo.load_many)
     if reach.missing or reach.damaged:
         raise CorruptMetadata(
             f"record {record.name!r} is incomplete (missing or unreadable blobs); run "

@@ -39,13 +39,16 @@ def walk(
     roots: Iterable[tuple[str, object]],
     locations: Callable[[Digest], list[Location]],
     load_meta: Callable[[Location], bytes],
+    load_many: Callable[[list[Location]], dict[Digest, bytes]] | None = None,
 ) -> Reachable:
     """Walk from ``(label, record body)`` roots; ``label`` names the record in reports.
 
     ``locations(id)`` lists every stored copy of an id (a data chunk and a metadata blob may share
     one), first the preferred one. The first copy of each type is the one used, and the walk
     descends into the metadata copy (read with ``load_meta``), so a metadata blob can never hide
-    behind an equal data chunk.
+    behind an equal data chunk. The walk goes level by level; with ``load_many`` each level's
+    metadata blobs are read in one call (coalesced reads: few round trips to a registry), and
+    ``load_meta`` is used alone only to name the blob when a batch fails.
     """
     result = Reachable()
     seen: set[Digest] = set()
@@ -53,23 +56,35 @@ def walk(
     for label, body in roots:
         stack.extend((ref, label) for ref in cbor.iter_refs(body))
     while stack:
-        blob_id, label = stack.pop()
-        if blob_id in seen:
-            continue
-        seen.add(blob_id)
-        locs = locations(blob_id)
-        if not locs:
-            result.missing[blob_id] = label
-            continue
-        for loc in locs:
-            result.blobs.setdefault((loc.entry.type, blob_id), loc)
-        meta = result.blobs.get((BlobType.META, blob_id))
-        if meta is None:
-            continue
-        try:
-            value = cbor.decode(load_meta(meta), max_size=MAX_META_SIZE)
-        except (FormatError, ChunkstoreError) as exc:
-            result.damaged[blob_id] = f"{label}: {exc}"
-            continue
-        stack.extend((ref, label) for ref in cbor.iter_refs(value))
+        level: list[tuple[Digest, str, Location]] = []
+        for blob_id, label in stack:
+            if blob_id in seen:
+                continue
+            seen.add(blob_id)
+            locs = locations(blob_id)
+            if not locs:
+                result.missing[blob_id] = label
+                continue
+            for loc in locs:
+                result.blobs.setdefault((loc.entry.type, blob_id), loc)
+            meta = result.blobs.get((BlobType.META, blob_id))
+            if meta is not None:
+                level.append((blob_id, label, meta))
+        stack = []
+        loaded: dict[Digest, bytes] = {}
+        if load_many is not None and len(level) > 1:
+            try:
+                loaded = load_many([meta for _, _, meta in level])
+            except ChunkstoreError:
+                loaded = {}  # one at a time below, to name the damaged blob
+        for blob_id, label, meta in level:
+            try:
+                data = loaded.get(blob_id)
+                if data is None:
+                    data = load_meta(meta)
+                value = cbor.decode(data, max_size=MAX_META_SIZE)
+            except (FormatError, ChunkstoreError) as exc:
+                result.damaged[blob_id] = f"{label}: {exc}"
+                continue
+            stack.extend((ref, label) for ref in cbor.iter_refs(value))
     return result

@@ -421,6 +421,11 @@ class Repository:
         """Store a blob unless an identical one is already stored."""
         prepared = self.prepare_blob(type_, data)
         new = self.add_prepared(prepared)
+        if self.meta_cache is not None and type_ is BlobType.META:
+            # What this process writes it will soon read (a registry tag's walk, browsing):
+            # keep it so that no read goes back over the network.
+            blob_id = prepared if isinstance(prepared, Digest) else prepared.id
+            self.meta_cache.put(blob_id, bytes(data))
         if isinstance(prepared, Digest):
             return SaveResult(prepared, False, len(data), 0)
         return SaveResult(prepared.id, new, len(data), len(prepared.data) if new else 0)
@@ -615,6 +620,10 @@ class Repository:
                 for off, length, loc in span.items:
                     piece = buf[off - span.offset : off - span.offset + length]
                     yield loc.entry.id, self.load_at(loc, piece)
+
+    def load_many(self, locs: list[Location]) -> dict[Digest, bytes]:
+        """The verified plaintext of blobs at ``locs`` (coalesced reads), by id; for walks."""
+        return dict(self.load_blobs(loc.entry.id for loc in locs))
 
     # ----------------------------------------------------------------- records
     def save_record(self, record: Record) -> Digest:

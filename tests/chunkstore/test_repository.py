@@ -617,7 +617,7 @@ def test_remote_metadata_is_cached_on_disk_and_verified(tmp_path: Path) -> None:
     data = repo.save_blob(BlobType.DATA, b"a chunk" * 100).id
     repo.flush()
     repo.close()
-    again = Repository.open(backend, cache_dir=tmp_path)
+    again = Repository.open(backend, cache_dir=tmp_path / "other")  # another machine
     assert again.meta_cache is not None
     backend.pack_loads = 0
     assert again.load_blob(meta) == b"a tree blob" * 100
@@ -628,8 +628,19 @@ def test_remote_metadata_is_cached_on_disk_and_verified(tmp_path: Path) -> None:
     assert again.load_blob(data) == b"a chunk" * 100
     assert backend.pack_loads == 2  # data chunks are not kept (the mount has its own cache)
     # A damaged cache entry is a miss: fetched again, verified, never returned as is.
-    (entry,) = [p for p in tmp_path.rglob(meta.hex) if p.is_file()]
+    (entry,) = [p for p in (tmp_path / "other").rglob(meta.hex) if p.is_file()]
     entry.write_bytes(b"garbage")
     assert again.load_blob(meta) == b"a tree blob" * 100
     assert backend.pack_loads == 3
     again.close()
+
+
+def test_remote_metadata_written_is_read_back_without_a_round_trip(tmp_path: Path) -> None:
+    backend = _CountingRemote()
+    repo = Repository.init(backend, cache_dir=tmp_path, chunker=ChunkerParams(1024, 4096, 16384))
+    meta = repo.save_blob(BlobType.META, b"a recipe" * 50).id
+    repo.flush()
+    backend.pack_loads = 0
+    assert repo.load_blob(meta) == b"a recipe" * 50
+    assert backend.pack_loads == 0
+    repo.close()

@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""Registry benchmark: ``chunkstore backup`` into a registry repository against ``skopeo copy``.
+
+Targets (the registry issue), measured in one run on the corpus built by ``tools/build_corpus``:
+
+* pushing the corpus images to a registry over loopback >= 1.5x faster than ``skopeo copy`` of
+  the same images from their OCI layout (ratio = skopeo seconds / chunkstore seconds);
+* pushing ``bookworm-python3-rebuilt`` (the same files bootstrapped again: new layer digest)
+  right after ``bookworm-python3`` sends <= 5% of the bytes skopeo sends for it. (The issue says
+  "the rebuilt minbase"; the corpus has a rebuilt python3 image, not a rebuilt minbase.)
+
+Usage::
+
+    PYTHONPATH=. .venv/bin/python tools/bench_registry.py [--corpus DIR] [--out DIR]
+        [--repeat N] [--images REF ...] [--keep] [--warm] [--max-wait S]
+
+What it does, per run (``--repeat`` runs it again and reports every run):
+
+1. Phase ``corpus``: for each tool, a fresh registry (Debian's ``/usr/bin/docker-registry``,
+   distribution 2.8, filesystem storage in a temporary directory, 127.0.0.1 at a free port,
+   access log on, started like ``tests/integration/registry_fixture.py`` does), so neither tool
+   benefits from the other's blobs. chunkstore: ``chunkstore --repo registry:HOST/bench init``
+   (untimed, its own row), then ``chunkstore --repo registry:HOST/bench backup
+   oci:CORPUS/oci:REF --tag REF`` per image, with a fresh ``--cache-dir``. skopeo: ``skopeo copy
+   --dest-tls-verify=false oci:CORPUS/oci:REF docker://HOST/plain/REF:latest`` per image (one
+   registry repository per image, as one would push them; skopeo may mount a layer it already
+   pushed to another repository of the same registry, which is fair registry-side dedup).
+   Images in the order of ``tools/bench_images.py`` (the rebuilt image right after its original).
+2. Phase ``rebuilt``: again fresh registries, ``bookworm-python3`` then
+   ``bookworm-python3-rebuilt`` with each tool; the second push's bytes are the second target.
+
+Both tools talk to the registry through a counting TCP proxy in this process (127.0.0.1, own
+port, one thread per direction per connection): ``sent`` is every byte the client sent (HTTP
+request lines, headers and bodies), ``received`` every byte it got back. The registry's storage
+growth (apparent size of the files under ``docker/registry/v2/blobs``) is reported as well:
+what the registry kept. Requests per HTTP method come from the registry's access log.
+
+Before every timed push the page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``,
+root only; otherwise, or with ``--warm``, the image's blobs are read once so every push starts
+warm), and the benchmark waits (at most ``--max-wait`` s in all) for the machine to go quiet.
+Each push is timed around the client process; its CPU time and peak RSS come from
+``/usr/bin/time``. The registry's CPU time (``/proc/PID/stat``) and this process' (the proxy's)
+are measured per push too; ``other CPU`` is what the rest of the machine used meanwhile (noise:
+other engineers' tests on a shared machine), i.e. machine busy time minus client, registry and
+proxy.
+
+Throughput (MB/s) is the images' own bytes (compressed layers + config + manifest as stored in
+the OCI layout, each image counted whole) per wall second, the same numerator for both tools, so
+the MB/s ratio equals the time ratio. MB = 10**6 bytes. Prints a table per run and PASS/MISS for
+each target; writes ``OUT/bench_registry.json``. Exit code 1 when a push failed, 2 without the
+corpus or the tools; a missed target is not an error (this is a benchmark, not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_images import (
+    DEFAULT_CORPUS,
+    PREFERRED_ORDER,
+    REBUILT,
+    REBUILT_BASE,
+    _blob,
+    read_layout,
+)
+from bench_store import (
+    ROOT,
+    PageCache,
+    _version,
+    base_env,
+    chunkstore_binary,
+    git_revision,
+    library_versions,
+    machine_cpu,
+    machine_info,
+    report,
+    run_checked,
+    run_measured,
+    wait_for_quiet,
+)
+
+MB = 10**6
+REGISTRY_BINARY = Path("/usr/bin/docker-registry")
+SKOPEO = "skopeo"
+STARTUP_SECONDS = 15.0
+BLOBS_DIR = Path("docker/registry/v2/blobs")
+
+# Targets of the issue.
+TARGET_SPEED_RATIO = 1.5
+TARGET_REBUILT_BYTES_FRACTION = 0.05
+
+TOOLS = ("chunkstore", "skopeo")
+ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
+
+
+def log(msg: str) -> None:
+    print(f"bench_registry: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Image:
+    """A corpus image: its blobs in the OCI layout and their total size."""
+
+    ref: str
+    blobs: list[str]  # digests: manifest, config, layers
+    bytes: int  # manifest + config + compressed layers
+
+
+def load_images(layout: Path, wanted: list[str] | None) -> list[Image]:
+    """The selected images of the layout, in benchmark order."""
+    index = {
+        d.get("annotations", {}).get("org.opencontainers.image.ref.name"): d
+        for d in json.loads((layout / "index.json").read_text()).get("manifests", [])
+    }
+    manifests = read_layout(layout)
+    if wanted:
+        missing = [r for r in wanted if r not in manifests]
+        if missing:
+            raise SystemExit(
+                f"bench_registry: no image {', '.join(missing)} in the corpus "
+                f"(refs: {', '.join(sorted(manifests))})"
+            )
+        refs = wanted
+    else:
+        refs = [r for r in PREFERRED_ORDER if r in manifests]
+        refs += sorted(r for r in manifests if r not in refs)
+    images = []
+    for ref in refs:
+        m = manifests[ref]
+        blobs = [index[ref]["digest"], m["config"]["digest"]] + [la["digest"] for la in m["layers"]]
+        size = index[ref]["size"] + m["config"]["size"] + sum(la["size"] for la in m["layers"])
+        images.append(Image(ref=ref, blobs=blobs, bytes=size))
+    return images
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _registry_config(root: Path, port: int) -> str:
+    """tests/integration/registry_fixture.py's configuration, with the access log on."""
+    return (
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        "  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: chunkstore-bench-secret\n"
+    )
+
+
+class Registry:
+    """A ``docker-registry serve`` process on 127.0.0.1 storing under ``root / "data"``."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.storage = root / "data"
+        self.log_path = root / "registry.log"
+        for _attempt in range(3):  # the free port may be taken between probing and binding
+            self.port = _free_port()
+            config = root / "config.yml"
+            config.write_text(_registry_config(root, self.port))
+            with self.log_path.open("ab") as logf:
+                self.proc = subprocess.Popen(
+                    [str(REGISTRY_BINARY), "serve", str(config)],
+                    stdout=logf,
+                    stderr=logf,
+                    stdin=subprocess.DEVNULL,
+                )
+            if self._wait_ready():
+                return
+            self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"docker-registry did not start; its log ends with:\n{tail}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                    s.sendall(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    if s.recv(64).startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                        return True
+            time.sleep(0.05)
+        return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the registry process so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def blob_bytes(self) -> int:
+        """Apparent size of every file under the blob store (what the registry kept)."""
+        total = 0
+        for dirpath, _dirs, names in os.walk(self.storage / BLOBS_DIR):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def requests_since(self, offset: int) -> dict[str, int]:
+        """Requests per method (and in all) in the access log after byte ``offset``."""
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        counts: Counter[str] = Counter()
+        for match in ACCESS_LINE.finditer(text):
+            counts[match.group(1)] += 1
+            counts["all"] += 1
+        return dict(counts)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class CountingProxy:
+    """A TCP proxy 127.0.0.1:port -> 127.0.0.1:target counting bytes in each direction."""
+
+    BUFFER = 256 << 10
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listen = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listen.getsockname()[1])
+        self._lock = threading.Lock()
+        self.sent = 0  # client -> registry
+        self.received = 0  # registry -> client
+        self.connections = 0
+        self._open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def counters(self) -> tuple[int, int, int]:
+        with self._lock:
+            return self.sent, self.received, self.connections
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self._listen.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+                self._open.update((client, upstream))
+            done = threading.Semaphore(0)
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(src, dst, up, done, (client, upstream)), daemon=True
+                ).start()
+
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        up: bool,
+        done: threading.Semaphore,
+        pair: tuple[socket.socket, socket.socket],
+    ) -> None:
+        buf = bytearray(self.BUFFER)
+        view = memoryview(buf)
+        try:
+            while n := src.recv_into(buf):
+                dst.sendall(view[:n])
+                with self._lock:
+                    if up:
+                        self.sent += n
+                    else:
+                        self.received += n
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        done.release()
+        if up:  # the client->registry pump closes both once both directions are done
+            done.acquire()
+            done.acquire()
+            with self._lock:
+                self._open.difference_update(pair)
+            for s in pair:
+                s.close()
+
+    def close(self) -> None:
+        self._listen.close()
+        with self._lock:
+            socks = list(self._open)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+# ----------------------------------------------------------------------------- pushing
+
+
+@dataclass
+class Push:
+    """One timed push (or chunkstore's untimed ``init``) and what it cost."""
+
+    tool: str
+    phase: str  # "corpus" or "rebuilt"
+    image: str  # corpus ref, or "(init)"
+    image_bytes: int
+    seconds: float
+    cpu_s: float
+    rss_kib: int
+    sent: int  # bytes client -> registry (proxy)
+    received: int  # bytes registry -> client (proxy)
+    connections: int  # TCP connections opened
+    stored: int  # growth of the registry's blob store
+    requests: dict[str, int]  # per HTTP method, from the access log
+    registry_cpu_s: float
+    proxy_cpu_s: float
+    other_cpu_s: float
+    steal_s: float
+    ok: bool = True
+    error: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Target:
+    """A fresh registry, the proxy in front of it, and the push command of one tool."""
+
+    def __init__(self, tool: str, work: Path, corpus: Path, cs_bin: str) -> None:
+        self.tool = tool
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work))
+        self.layout = corpus / "oci"
+        self.registry = Registry(self.dir / "registry")
+        self.proxy = CountingProxy(self.registry.port)
+        self.host = f"127.0.0.1:{self.proxy.port}"
+        self.env = base_env(self.dir)
+        self.cs = [cs_bin, "--repo", f"registry:{self.host}/bench", "--cache-dir"]
+        self.cs += [str(self.dir / "cache"), "--json"]
+
+    def init_cmd(self) -> list[str] | None:
+        return [*self.cs, "init"] if self.tool == "chunkstore" else None
+
+    def push_cmd(self, image: Image) -> list[str]:
+        if self.tool == "chunkstore":
+            return [*self.cs, "backup", f"oci:{self.layout}:{image.ref}", "--tag", image.ref]
+        return [
+            SKOPEO,
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{self.layout}:{image.ref}",
+            f"docker://{self.host}/plain/{image.ref}:latest",
+        ]
+
+    def close(self, keep: bool) -> None:
+        self.proxy.close()
+        self.registry.stop()
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cache:
+    """Cold page cache before every push if we may drop it, else the image's blobs read once."""
+
+    def __init__(self, force_warm: bool) -> None:
+        self.mode = "warm" if force_warm else ("cold" if PageCache._drop() else "warm")
+        self.reason = (
+            "--warm given"
+            if force_warm
+            else "page cache dropped before every push (sync; echo 3 > /proc/sys/vm/drop_caches)"
+            if self.mode == "cold"
+            else "cannot drop the page cache (not root?): the image's blobs are read once first"
+        )
+
+    def prepare(self, layout: Path, image: Image | None) -> None:
+        if self.mode == "cold":
+            if not PageCache._drop():
+                raise RuntimeError("dropping the page cache stopped working")
+            return
+        os.sync()
+        for digest in image.blobs if image else []:
+            with open(_blob(layout, digest), "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+
+
+def measure(
+    target: Target,
+    phase: str,
+    image: Image | None,
+    cmd: list[str],
+    cache: Cache,
+    quiet: list[float],
+) -> Push:
+    """Run one push command against ``target`` and collect every figure around it."""
+    cache.prepare(target.layout, image)
+    wait_for_quiet(quiet)
+    reg = target.registry
+    sent0, recv0, conn0 = target.proxy.counters()
+    stored0, log0, reg_cpu0 = reg.blob_bytes(), reg.log_size(), reg.cpu_seconds()
+    own0 = time.process_time()
+    m = run_measured(cmd, target.env)
+    own1 = time.process_time()
+    time.sleep(0.2)  # let the access log and the proxy counters settle
+    sent1, recv1, conn1 = target.proxy.counters()
+    reg_cpu = reg.cpu_seconds() - reg_cpu0
+    proxy_cpu = own1 - own0
+    push = Push(
+        tool=target.tool,
+        phase=phase,
+        image=image.ref if image else "(init)",
+        image_bytes=image.bytes if image else 0,
+        seconds=m.seconds,
+        cpu_s=m.user_s + m.sys_s,
+        rss_kib=m.rss_kib,
+        sent=sent1 - sent0,
+        received=recv1 - recv0,
+        connections=conn1 - conn0,
+        stored=reg.blob_bytes() - stored0,
+        requests=reg.requests_since(log0),
+        registry_cpu_s=reg_cpu,
+        proxy_cpu_s=proxy_cpu,
+        other_cpu_s=max(0.0, m.other_cpu_s - reg_cpu - proxy_cpu),
+        steal_s=m.steal_s,
+    )
+    if m.returncode != 0:
+        push.ok = False
+        push.error = f"exit {m.returncode}: {m.stderr.strip()[-800:]}"
+    elif target.tool == "chunkstore" and image is not None:
+        with contextlib.suppress(ValueError):
+            info = json.loads(m.stdout)
+            if isinstance(info, dict):
+                push.details = {
+                    k: v for k, v in info.items() if isinstance(v, (int, float, str)) and k != "id"
+                }
+    log(
+        f"{target.tool:<10} {phase:<7} {push.image:<26} {push.seconds:6.2f} s "
+        f"sent {push.sent / MB:8.2f} MB stored {push.stored / MB:8.2f} MB "
+        f"other CPU {push.other_cpu_s:4.1f} s" + ("" if push.ok else f"  FAILED {push.error}")
+    )
+    return push
+
+
+def run_phase(
+    tool: str,
+    phase: str,
+    images: list[Image],
+    ctx: dict[str, Any],
+) -> list[Push]:
+    """Fresh registry for ``tool``; (init and) push ``images`` in order."""
+    target = Target(tool, ctx["work"], ctx["corpus"], ctx["cs_bin"])
+    pushes: list[Push] = []
+    try:
+        init = target.init_cmd()
+        if init is not None:
+            pushes.append(measure(target, phase, None, init, ctx["cache"], ctx["quiet"]))
+        for image in images:
+            pushes.append(
+                measure(target, phase, image, target.push_cmd(image), ctx["cache"], ctx["quiet"])
+            )
+    finally:
+        target.close(ctx["keep"])
+    return pushes
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _total(pushes: list[Push], tool: str, phase: str) -> dict[str, Any]:
+    """Sums over the timed pushes (no init) of one tool in one phase."""
+    rows = [p for p in pushes if p.tool == tool and p.phase == phase and p.image != "(init)"]
+    keys = ["seconds", "cpu_s", "sent", "received", "stored", "image_bytes"]
+    keys += ["registry_cpu_s", "proxy_cpu_s", "other_cpu_s", "connections"]
+    out: dict[str, Any] = {k: sum(getattr(p, k) for p in rows) for k in keys}
+    requests: Counter[str] = Counter()
+    for p in rows:
+        requests.update(p.requests)
+    out["requests"] = dict(requests)
+    out["rss_kib"] = max((p.rss_kib for p in rows), default=0)
+    out["ok"] = bool(rows) and all(p.ok for p in rows)
+    out["mb_s"] = out["image_bytes"] / MB / out["seconds"] if out["seconds"] else 0.0
+    return out
+
+
+def summarize(pushes: list[Push]) -> dict[str, Any]:
+    """Per tool and phase totals, the rebuilt push of each tool, the two ratios."""
+    totals = {f"{t}/{ph}": _total(pushes, t, ph) for t in TOOLS for ph in ("corpus", "rebuilt")}
+    second = {
+        t: next(
+            (asdict(p) for p in pushes if (p.tool, p.phase, p.image) == (t, "rebuilt", REBUILT)),
+            None,
+        )
+        for t in TOOLS
+    }
+    inits = [asdict(p) for p in pushes if p.image == "(init)"]
+    cs, sk = totals["chunkstore/corpus"], totals["skopeo/corpus"]
+    speed = sk["seconds"] / cs["seconds"] if cs["ok"] and sk["ok"] and cs["seconds"] else None
+    c2, s2 = second["chunkstore"], second["skopeo"]
+    sent_frac = stored_frac = None
+    if c2 and s2 and c2["ok"] and s2["ok"] and s2["sent"]:
+        sent_frac = c2["sent"] / s2["sent"]
+        stored_frac = c2["stored"] / s2["stored"] if s2["stored"] else None
+    return {
+        "totals": totals,
+        "rebuilt_push": second,
+        "inits": inits,
+        "speed_ratio": speed,
+        "rebuilt_sent_fraction": sent_frac,
+        "rebuilt_stored_fraction": stored_frac,
+    }
+
+
+def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    cs, sk = summary["totals"]["chunkstore/corpus"], summary["totals"]["skopeo/corpus"]
+    speed = summary["speed_ratio"]
+    out.append(
+        {
+            "name": "corpus push >= 1.5x faster than skopeo copy (skopeo s / chunkstore s)",
+            "value": "-"
+            if speed is None
+            else f"{speed:.2f}x ({cs['seconds']:.1f} s vs skopeo {sk['seconds']:.1f} s)",
+            "ok": speed is not None and speed >= TARGET_SPEED_RATIO,
+        }
+    )
+    frac = summary["rebuilt_sent_fraction"]
+    c2, s2 = summary["rebuilt_push"]["chunkstore"], summary["rebuilt_push"]["skopeo"]
+    out.append(
+        {
+            "name": f"{REBUILT} after {REBUILT_BASE}: bytes sent <= 5% of skopeo's",
+            "value": "-"
+            if frac is None
+            else f"{frac:.2%} ({c2['sent'] / MB:.2f} MB vs skopeo {s2['sent'] / MB:.2f} MB)",
+            "ok": frac is not None and frac <= TARGET_REBUILT_BYTES_FRACTION,
+        }
+    )
+    for t in out:
+        t["verdict"] = "PASS" if t["ok"] else "MISS"
+    return out
+
+
+def _req(requests: dict[str, int]) -> str:
+    letters = {"HEAD": "H", "GET": "G", "POST": "O", "PATCH": "A", "PUT": "U", "DELETE": "D"}
+    return " ".join(f"{c}{requests[m]}" for m, c in letters.items() if requests.get(m))
+
+
+def render_run(run: dict[str, Any], number: int) -> str:
+    s = run["summary"]
+    lines = [f"run {number}: started {run['date']}", ""]
+    head = (
+        f"{'tool':<11} {'phase':<8} {'image':<26} {'seconds':>8} {'MB/s':>7} {'sent MB':>9} "
+        f"{'recv MB':>8} {'stored MB':>9} {'conns':>5} {'CPU s':>6} {'reg CPU':>7} "
+        f"{'other CPU':>9}  requests"
+    )
+    lines += [head, "-" * len(head)]
+    for p in run["pushes"]:
+        mb_s = f"{p['image_bytes'] / MB / p['seconds']:.1f}" if p["image_bytes"] else "-"
+        lines.append(
+            f"{p['tool']:<11} {p['phase']:<8} {p['image']:<26} {p['seconds']:>8.2f} {mb_s:>7} "
+            f"{p['sent'] / MB:>9.2f} {p['received'] / MB:>8.2f} {p['stored'] / MB:>9.2f} "
+            f"{p['connections']:>5} {p['cpu_s']:>6.1f} {p['registry_cpu_s']:>7.1f} "
+            f"{p['other_cpu_s']:>9.1f}  {_req(p['requests'])}" + ("" if p["ok"] else "  FAILED")
+        )
+    lines.append("")
+    head = (
+        f"{'totals (no init)':<20} {'seconds':>8} {'MB/s':>7} {'sent MB':>9} {'stored MB':>9} "
+        f"{'CPU s':>6} {'reg CPU':>7} {'proxy CPU':>9} {'other CPU':>9}  requests"
+    )
+    lines += [head, "-" * len(head)]
+    for key, t in s["totals"].items():
+        lines.append(
+            f"{key:<20} {t['seconds']:>8.2f} {t['mb_s']:>7.1f} {t['sent'] / MB:>9.2f} "
+            f"{t['stored'] / MB:>9.2f} {t['cpu_s']:>6.1f} {t['registry_cpu_s']:>7.1f} "
+            f"{t['proxy_cpu_s']:>9.1f} {t['other_cpu_s']:>9.1f}  {_req(t['requests'])}"
+        )
+    lines.append("")
+    lines.append("targets:")
+    for t in run["targets"]:
+        lines.append(f"  {t['verdict']:<4}  {t['name']:<72} {t['value']}")
+    if s["rebuilt_stored_fraction"] is not None:
+        lines.append(
+            f"        (registry storage growth for {REBUILT}: chunkstore "
+            f"{s['rebuilt_stored_fraction']:.2%} of skopeo's)"
+        )
+    return "\n".join(lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"bench_registry: {len(result['images'])} images from {result['corpus']} "
+        f"({sum(i['bytes'] for i in result['images']) / MB:.1f} MB as stored in the layout); "
+        f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, kernel {m['kernel']}",
+        f"chunkstore {result['git']}; {result['versions']['skopeo']}; "
+        f"{result['versions']['registry']}",
+        f"page cache: {result['page_cache']['mode']} ({result['page_cache']['reason']})",
+        "MB/s = image bytes (manifest + config + compressed layers) per second; sent/recv = "
+        "bytes client->registry / back through the\ncounting proxy (HTTP included); stored = "
+        "growth of the registry's blob store; conns = TCP connections; CPU s = the client's;\n"
+        "reg CPU = the registry's; other CPU = the rest of the machine during the push (noise); "
+        "requests: H=HEAD G=GET O=POST A=PATCH U=PUT D=DELETE",
+    ]
+    if result["waited_s"] >= 1:
+        lines.append(f"waited {result['waited_s']:.0f} s in all for other processes to go quiet")
+    for i, run in enumerate(result["runs"], 1):
+        lines += ["", render_run(run, i)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus directory")
+    ap.add_argument("--images", nargs="+", metavar="REF", help="corpus refs for phase corpus")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out", help="working/output dir")
+    ap.add_argument("--repeat", type=int, default=1, help="measure N times (1)")
+    ap.add_argument("--keep", action="store_true", help="keep registries and caches")
+    ap.add_argument("--warm", action="store_true", help="warm page cache instead of dropping it")
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=120,
+        help="seconds to wait in all for other processes to go quiet before pushes (120)",
+    )
+    args = ap.parse_args(argv)
+    corpus: Path = args.corpus.resolve()
+    layout = corpus / "oci"
+    if not (layout / "index.json").is_file():
+        print(
+            f"bench_registry: no corpus at {corpus} (no oci/index.json); build it with "
+            f"tools/build_corpus {corpus} (needs root and network), or pass --corpus DIR",
+            file=sys.stderr,
+        )
+        return 2
+    for need, hint in ((REGISTRY_BINARY, "docker-registry"), (shutil.which(SKOPEO), "skopeo")):
+        if need is None or not Path(need).exists():
+            print(f"bench_registry: {hint} is missing (apt-get install {hint})", file=sys.stderr)
+            return 2
+    images = load_images(layout, args.images)
+    by_ref = {i.ref: i for i in load_images(layout, None)}
+    if REBUILT not in by_ref or REBUILT_BASE not in by_ref:
+        print(f"bench_registry: the corpus lacks {REBUILT_BASE} or {REBUILT}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-registry-", dir=out))
+    cache = Cache(args.warm)
+    quiet = [float(args.max_wait)]
+    ctx = {
+        "work": work,
+        "corpus": corpus,
+        "cs_bin": chunkstore_binary(),
+        "cache": cache,
+        "quiet": quiet,
+        "keep": args.keep,
+    }
+    log(f"page cache: {cache.mode}; work directory {work}")
+    runs = []
+    failures: list[str] = []
+    try:
+        for _ in range(max(1, args.repeat)):
+            date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            busy0, _steal = machine_cpu()
+            pushes: list[Push] = []
+            for phase, phase_images in (
+                ("corpus", images),
+                ("rebuilt", [by_ref[REBUILT_BASE], by_ref[REBUILT]]),
+            ):
+                for tool in TOOLS:
+                    pushes += run_phase(tool, phase, phase_images, ctx)
+            failures += [f"{p.tool} {p.phase} {p.image}: {p.error}" for p in pushes if not p.ok]
+            summary = summarize(pushes)
+            runs.append(
+                {
+                    "date": date,
+                    "pushes": [asdict(p) for p in pushes],
+                    "summary": summary,
+                    "targets": evaluate(summary),
+                    "machine_busy_cpu_s": machine_cpu()[0] - busy0,
+                }
+            )
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    registry_version = run_checked([str(REGISTRY_BINARY), "--version"], dict(os.environ))
+    result: dict[str, Any] = {
+        "git": git_revision(),
+        "machine": machine_info(),
+        "libraries": library_versions(),
+        "versions": {
+            "skopeo": _version([SKOPEO, "--version"]),
+            "registry": registry_version.stdout.strip(),
+        },
+        "corpus": str(corpus),
+        "images": [asdict(i) for i in images],
+        "page_cache": {"mode": cache.mode, "reason": cache.reason},
+        "runs": runs,
+        "failures": failures,
+        "waited_s": args.max_wait - max(quiet[0], 0.0),
+    }
+    result["total_seconds"] = time.perf_counter() - started
+    return report(result, render(result), failures, out / "bench_registry.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
