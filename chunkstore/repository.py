@@ -72,6 +72,8 @@ PasswordSource = bytes | Callable[[], bytes] | None
 INDEX_ROTATE_BLOBS = 50_000
 #: Bound of the on-disk metadata cache of a remote repository (least recently used go first).
 META_CACHE_BYTES = 512 << 20
+#: Bytes of neighbouring metadata read with a metadata blob a remote repository's cache lacks.
+META_WINDOW = 2 << 20
 _MAX_INDEX_STORED = 256 * 1024 * 1024
 _Key = tuple[BlobType, Digest]
 _T = TypeVar("_T")
@@ -153,6 +155,7 @@ class Repository:
         # disk, verified on every hit: browsing, restoring and mounting re-read them often, and
         # each read from a registry is a round trip. The backend asks for it (``cache_metadata``).
         self.meta_cache: BlobCache | None = None
+        self._meta_by_pack: dict[Digest, list[Location]] | None = None  # for _meta_window
         if getattr(backend, "cache_metadata", False):
             self.meta_cache = BlobCache(
                 self.cache_dir, "meta", self.codec.blob_id, META_CACHE_BYTES
@@ -570,10 +573,47 @@ class Repository:
             return None
         return self.meta_cache.get(loc.entry.id)
 
+    def _meta_window(self, loc: Location) -> list[Location]:
+        """Metadata blobs stored near ``loc`` in its pack and not cached yet (``loc`` included).
+
+        Trees, recipes and chunk lists of one backup sit next to each other in metadata packs, so
+        the first directory a mount or a browse opens is followed by its neighbours: reading them
+        in the same ranged request turns dozens of round trips into one.
+        """
+        cache = self.meta_cache
+        if cache is None:
+            return [loc]
+        with self._mutex:
+            if self._meta_by_pack is None:
+                by_pack: dict[Digest, list[Location]] = {}
+                for known in self.index:
+                    if known.entry.type is BlobType.META:
+                        by_pack.setdefault(known.pack_id, []).append(known)
+                for entries in by_pack.values():
+                    entries.sort(key=lambda x: x.entry.offset)
+                self._meta_by_pack = by_pack
+            neighbours = self._meta_by_pack.get(loc.pack_id, [])
+        lo, hi = loc.entry.offset - META_WINDOW // 4, loc.entry.offset + META_WINDOW
+        near = [
+            n
+            for n in neighbours
+            if lo <= n.entry.offset
+            and n.entry.offset + n.entry.length <= hi
+            and n.entry.id != loc.entry.id
+            and n.entry.id not in cache
+        ]
+        return [loc, *near]
+
     def load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
         """Load and verify the blob at ``loc`` (``stored``: its bytes if already read)."""
         if stored is None and (hit := self._cached(loc)) is not None:
             return hit
+        if stored is None and self.meta_cache is not None and loc.entry.type is BlobType.META:
+            window = self._meta_window(loc)
+            if len(window) > 1:
+                got = self.load_many(window)  # each one verified and cached on the way
+                if loc.entry.id in got:
+                    return got[loc.entry.id]
         plain = self._load_at(loc, stored)
         if self.meta_cache is not None and loc.entry.type is BlobType.META:
             self.meta_cache.put(loc.entry.id, plain)

@@ -100,6 +100,8 @@ _PIECE = 8 << 20
 _MANIFEST_ATTEMPTS = 4
 #: Manifests fetched at once while listing.
 _LIST_WORKERS = 8
+#: Types a repository names by the SHA-256 of the file's bytes.
+_CONTENT_NAMED = frozenset({FileType.KEY, FileType.PACK, FileType.INDEX, FileType.RECORD})
 #: Types whose files may be replaced (their manifests are never cached).
 _MUTABLE = frozenset({FileType.CONFIG, FileType.LOCK})
 _MEDIA_NAMES = {
@@ -323,10 +325,28 @@ class RegistryBackend:
 
     # ------------------------------------------------------------------ reads
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
-        """Exactly ``length`` bytes from ``offset`` (the rest when None), verified by the client."""
-        entry = self._require(handle)
+        """Exactly ``length`` bytes from ``offset`` (the rest when None), verified by the client.
+
+        A repository names keys, packs, index files and records by the SHA-256 of their bytes, so
+        such a file is first asked for directly as the blob of that digest (saving the manifest
+        round trip; a whole file is checked against the digest, a range is checked by the blob
+        codec of whoever decodes it); only when the registry has no such blob is the file's
+        manifest consulted.
+        """
         if offset < 0 or (length is not None and length < 0):
             raise UsageError(f"invalid read of {handle}: offset {offset}, length {length}")
+        with self._lock:
+            known = self._entries.get(handle)
+        wanted = offset == 0 if length is None else length > 0
+        if known is None and handle.type in _CONTENT_NAMED and wanted:
+            direct = Digest("sha256", bytes.fromhex(handle.name))
+            try:
+                if length is None:
+                    return self._client.get_blob(direct)
+                return self._client.get_blob_range(direct, offset, length)
+            except RegistryObjectMissing:
+                pass  # not named by its content (or gone): the manifest decides
+        entry = self._require(handle)
         end = entry.size if length is None else offset + length
         if end > entry.size or offset > entry.size:
             have = max(0, entry.size - offset)

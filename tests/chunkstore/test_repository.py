@@ -644,3 +644,18 @@ def test_remote_metadata_written_is_read_back_without_a_round_trip(tmp_path: Pat
     assert repo.load_blob(meta) == b"a recipe" * 50
     assert backend.pack_loads == 0
     repo.close()
+
+
+def test_remote_metadata_neighbours_come_in_the_same_read(tmp_path: Path) -> None:
+    backend = _CountingRemote()
+    repo = Repository.init(backend, cache_dir=tmp_path, chunker=ChunkerParams(1024, 4096, 16384))
+    trees = [repo.save_blob(BlobType.META, f"tree {i}".encode() * 40).id for i in range(30)]
+    repo.flush()
+    repo.close()
+    other = Repository.open(backend, cache_dir=tmp_path / "other")  # cold cache
+    backend.pack_loads = 0
+    assert other.load_blob(trees[10]) == b"tree 10" * 40
+    assert backend.pack_loads == 1
+    assert [other.load_blob(t) for t in trees] == [f"tree {i}".encode() * 40 for i in range(30)]
+    assert backend.pack_loads == 1  # every neighbour came with the first read, verified
+    other.close()

@@ -127,3 +127,25 @@ def test_config_and_locks_are_replaceable_and_never_stale(
     assert other.load(lock) == b"v2"
     reg_backend.save(Handle.config(), b"config bytes")
     assert [i.handle for i in other.list(FileType.CONFIG)] == [Handle.config()]
+
+
+def test_content_named_files_are_read_without_their_manifest(
+    reg_backend: RegistryBackend, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack named by its SHA-256 (as a repository names it) costs one request, not two."""
+    data = payload("content-named", 50_000)
+    handle = Handle(FileType.PACK, hashlib.sha256(data).hexdigest())
+    reg_backend.save(handle, data)
+    fresh = RegistryBackend(_client(registry, reg_backend._client.name))
+
+    def no_manifest(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the manifest was fetched")
+
+    monkeypatch.setattr(fresh._client, "get_manifest", no_manifest)
+    assert fresh.load(handle, 1000, 200) == data[1000:1200]
+    assert fresh.load(handle) == data
+    monkeypatch.undo()
+    # A name that is not the content's digest still goes through the manifest.
+    other = handle_for(FileType.PACK, "not content named")
+    reg_backend.save(other, data)
+    assert fresh.load(other, 10, 5) == data[10:15]
