@@ -15,6 +15,7 @@ neighbouring ranges. Only this layer sees pack offsets.
 
 from __future__ import annotations
 
+import bisect
 import getpass
 import hashlib
 import logging
@@ -155,7 +156,8 @@ class Repository:
         # disk, verified on every hit: browsing, restoring and mounting re-read them often, and
         # each read from a registry is a round trip. The backend asks for it (``cache_metadata``).
         self.meta_cache: BlobCache | None = None
-        self._meta_by_pack: dict[Digest, list[Location]] | None = None  # for _meta_window
+        # Metadata locations per pack, sorted by offset (for _meta_window), built on first use.
+        self._meta_by_pack: dict[Digest, tuple[list[int], list[Location]]] | None = None
         if getattr(backend, "cache_metadata", False):
             self.meta_cache = BlobCache(
                 self.cache_dir, "meta", self.codec.blob_id, META_CACHE_BYTES
@@ -573,47 +575,38 @@ class Repository:
             return None
         return self.meta_cache.get(loc.entry.id)
 
-    def _meta_window(self, loc: Location) -> list[Location]:
-        """Metadata blobs stored near ``loc`` in its pack and not cached yet (``loc`` included).
+    def _meta_window(self, loc: Location) -> tuple[int, int, list[Location]]:
+        """Metadata blobs stored near ``loc`` in its pack, and the byte span they cover.
 
         Trees, recipes and chunk lists of one backup sit next to each other in metadata packs, so
         the first directory a mount or a browse opens is followed by its neighbours: reading them
-        in the same ranged request turns dozens of round trips into one.
+        in the same ranged request turns dozens of round trips into one. Only for a repository
+        with a metadata cache (a remote one), where the neighbours are kept.
         """
-        cache = self.meta_cache
-        if cache is None:
-            return [loc]
         with self._mutex:
             if self._meta_by_pack is None:
                 by_pack: dict[Digest, list[Location]] = {}
                 for known in self.index:
                     if known.entry.type is BlobType.META:
                         by_pack.setdefault(known.pack_id, []).append(known)
-                for entries in by_pack.values():
-                    entries.sort(key=lambda x: x.entry.offset)
-                self._meta_by_pack = by_pack
-            neighbours = self._meta_by_pack.get(loc.pack_id, [])
-        lo, hi = loc.entry.offset - META_WINDOW // 4, loc.entry.offset + META_WINDOW
-        near = [
-            n
-            for n in neighbours
-            if lo <= n.entry.offset
-            and n.entry.offset + n.entry.length <= hi
-            and n.entry.id != loc.entry.id
-            and n.entry.id not in cache
-        ]
-        return [loc, *near]
+                self._meta_by_pack = {
+                    pack: ([x.entry.offset for x in locs], locs)
+                    for pack, locs in (
+                        (p, sorted(v, key=lambda x: x.entry.offset)) for p, v in by_pack.items()
+                    )
+                }
+            offsets, locs = self._meta_by_pack.get(loc.pack_id, ([], []))
+        lo = max(0, loc.entry.offset - META_WINDOW // 4)
+        hi = loc.entry.offset + META_WINDOW
+        first, last = bisect.bisect_left(offsets, lo), bisect.bisect_right(offsets, hi)
+        return lo, hi, [n for n in locs[first:last] if n.entry.offset + n.entry.length <= hi]
 
     def load_at(self, loc: Location, stored: bytes | None = None) -> bytes:
         """Load and verify the blob at ``loc`` (``stored``: its bytes if already read)."""
         if stored is None and (hit := self._cached(loc)) is not None:
             return hit
         if stored is None and self.meta_cache is not None and loc.entry.type is BlobType.META:
-            window = self._meta_window(loc)
-            if len(window) > 1:
-                got = self.load_many(window)  # each one verified and cached on the way
-                if loc.entry.id in got:
-                    return got[loc.entry.id]
+            return self.load_many([loc])[loc.entry.id]  # with its neighbours (load_blobs)
         plain = self._load_at(loc, stored)
         if self.meta_cache is not None and loc.entry.type is BlobType.META:
             self.meta_cache.put(loc.entry.id, plain)
@@ -647,19 +640,41 @@ class Repository:
         Yields ``(id, plaintext)`` grouped by pack (not in the input order); each id once.
         """
         per_pack: dict[Digest, list[tuple[int, int, Location]]] = {}
-        for blob_id in dict.fromkeys(ids):
+        wanted = dict.fromkeys(ids)
+        extra: set[Digest] = set()  # neighbours read only to be cached (see _meta_window)
+        windows: dict[Digest, list[tuple[int, int]]] = {}
+        for blob_id in wanted:
             loc = self._locate(blob_id)
             if (hit := self._cached(loc)) is not None:
                 yield blob_id, hit
                 continue
-            per_pack.setdefault(loc.pack_id, []).append((loc.entry.offset, loc.entry.length, loc))
+            reads = per_pack.setdefault(loc.pack_id, [])
+            reads.append((loc.entry.offset, loc.entry.length, loc))
+            if self.meta_cache is None or loc.entry.type is not BlobType.META:
+                continue
+            spans = windows.setdefault(loc.pack_id, [])
+            if any(lo <= loc.entry.offset < hi for lo, hi in spans):
+                continue  # its neighbours are already being read
+            lo, hi, near = self._meta_window(loc)
+            spans.append((lo, hi))
+            for n in near:
+                if n.entry.id not in wanted and n.entry.id not in extra:
+                    if n.entry.id not in self.meta_cache:
+                        extra.add(n.entry.id)
+                        reads.append((n.entry.offset, n.entry.length, n))
         for pack_id, reads in per_pack.items():
             handle = Handle(FileType.PACK, pack_id.hex)
             for span in coalesce(reads, max_gap=max_gap):
                 buf = self.backend.load(handle, span.offset, span.length)
                 for off, length, loc in span.items:
                     piece = buf[off - span.offset : off - span.offset + length]
-                    yield loc.entry.id, self.load_at(loc, piece)
+                    if loc.entry.id not in extra:
+                        yield loc.entry.id, self.load_at(loc, piece)  # verified
+                        continue
+                    try:
+                        self.load_at(loc, piece)  # verified, then cached
+                    except IntegrityError as exc:  # nobody asked for it: its reader will see
+                        log.warning("neighbouring metadata blob not cached: %s", exc)
 
     def load_many(self, locs: list[Location]) -> dict[Digest, bytes]:
         """The verified plaintext of blobs at ``locs`` (coalesced reads), by id; for walks."""
