@@ -271,7 +271,10 @@ def unpack_rootfs(corpus: Path, image: Image, dest: Path) -> None:
 
 
 class Cache:
-    """Cold page cache before every timed run if we may drop it, else warm inputs."""
+    """Cold page cache before every timed run if we may drop it, else warm inputs.
+
+    ``prepare`` takes directories (every file below is read) or files.
+    """
 
     def __init__(self, force_warm: bool) -> None:
         self.mode = "warm" if force_warm else ("cold" if PageCache._drop() else "warm")
@@ -291,13 +294,16 @@ class Cache:
         os.sync()
         buf = bytearray(1 << 20)
         for top in inputs:
-            for dirpath, _dirs, names in os.walk(top):
-                for name in names:
-                    p = os.path.join(dirpath, name)
-                    if os.path.isfile(p) and not os.path.islink(p):
-                        with open(p, "rb", buffering=0) as f:
-                            while f.readinto(buf):
-                                pass
+            files = (
+                [str(top)]
+                if top.is_file()
+                else [os.path.join(d, n) for d, _dirs, names in os.walk(top) for n in names]
+            )
+            for p in files:
+                if os.path.isfile(p) and not os.path.islink(p):
+                    with open(p, "rb", buffering=0) as f:
+                        while f.readinto(buf):
+                            pass
 
 
 # ----------------------------------------------------------------------------- tools

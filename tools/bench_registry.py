@@ -76,12 +76,12 @@ from bench_images import (
     DEFAULT_CORPUS,
     PREFERRED_ORDER,
     REBUILT_PAIRS,
+    Cache,
     _blob,
     read_layout,
 )
 from bench_store import (
     ROOT,
-    PageCache,
     _version,
     base_env,
     chunkstore_binary,
@@ -397,31 +397,6 @@ class Target:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Cache:
-    """Cold page cache before every push if we may drop it, else the image's blobs read once."""
-
-    def __init__(self, force_warm: bool) -> None:
-        self.mode = "warm" if force_warm else ("cold" if PageCache._drop() else "warm")
-        self.reason = (
-            "--warm given"
-            if force_warm
-            else "page cache dropped before every push (sync; echo 3 > /proc/sys/vm/drop_caches)"
-            if self.mode == "cold"
-            else "cannot drop the page cache (not root?): the image's blobs are read once first"
-        )
-
-    def prepare(self, layout: Path, image: Image | None) -> None:
-        if self.mode == "cold":
-            if not PageCache._drop():
-                raise RuntimeError("dropping the page cache stopped working")
-            return
-        os.sync()
-        for digest in image.blobs if image else []:
-            with open(_blob(layout, digest), "rb", buffering=0) as f:
-                while f.read(1 << 20):
-                    pass
-
-
 def measure(
     target: Target,
     phase: str,
@@ -431,7 +406,7 @@ def measure(
     quiet: list[float],
 ) -> Push:
     """Run one push command against ``target`` and collect every figure around it."""
-    cache.prepare(target.layout, image)
+    cache.prepare([_blob(target.layout, d) for d in image.blobs] if image else [])
     wait_for_quiet(quiet)
     reg = target.registry
     sent0, recv0, conn0 = target.proxy.counters()
