@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -73,6 +74,8 @@ PasswordSource = bytes | Callable[[], bytes] | None
 INDEX_ROTATE_BLOBS = 50_000
 #: Bound of the on-disk metadata cache of a remote repository (least recently used go first).
 META_CACHE_BYTES = 512 << 20
+#: Files (index files, records) loaded at once when a repository needs all of them.
+_LOAD_WORKERS = 8
 #: Bytes of neighbouring metadata read with a metadata blob a remote repository's cache lacks.
 META_WINDOW = 2 << 20
 _MAX_INDEX_STORED = 256 * 1024 * 1024
@@ -361,9 +364,22 @@ class Repository:
         except FormatError as exc:
             raise _format_errors(f"index file {file_id.short}", exc) from exc
 
+    def _load_all(self, fn: Callable[[Digest], _T], ids: list[Digest]) -> dict[Digest, _T]:
+        """``fn`` of every id, loaded concurrently: against a registry each load is a round
+        trip, and opening a repository or finding a record needs all of them."""
+        if len(ids) < 2:
+            return {i: fn(i) for i in ids}
+        with ThreadPoolExecutor(max_workers=_LOAD_WORKERS) as pool:
+            return dict(zip(ids, pool.map(fn, ids), strict=True))
+
     def sync_index(self) -> int:
         """Merge new index files into the local cache; returns how many were merged."""
-        return self.index.sync(self.index_files(), self.load_index_file)
+        listed = self.index_files()
+        known = self.index.merged_files()
+        loaded = self._load_all(self.load_index_file, [f for f in listed if f not in known])
+        return self.index.sync(
+            listed, lambda f: loaded[f] if f in loaded else self.load_index_file(f)
+        )
 
     def lookup(self, blob_id: Digest, type_: BlobType | None = None) -> Location | None:
         """Where a stored blob of ``type_`` is (any type when None; equal ids are equal bytes).
@@ -698,10 +714,8 @@ class Repository:
 
     def list_records(self) -> list[tuple[Digest, Record]]:
         """Every record, oldest first."""
-        out = []
-        for info in self.backend.list(FileType.RECORD):
-            rid = Digest.from_hex(info.handle.name)
-            out.append((rid, self.load_record(rid)))
+        ids = [Digest.from_hex(info.handle.name) for info in self.backend.list(FileType.RECORD)]
+        out = list(self._load_all(self.load_record, ids).items())
         return sorted(out, key=lambda r: (r[1].time_ns, r[0].hex))
 
     def find_record(self, name: str) -> tuple[Digest, Record]:
