@@ -31,7 +31,7 @@ from typing import BinaryIO, Protocol, cast
 from chunkstore.backends import RemoteOptions
 from chunkstore.errors import UsageError
 from chunkstore.images.blobs import Readable
-from chunkstore.images.compression import layer_compression, open_decompressed
+from chunkstore.images.decompress import layer_compression, open_decompressed
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.locations import parse_source

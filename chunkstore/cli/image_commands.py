@@ -11,7 +11,7 @@ from chunkstore import api, browse
 from chunkstore.cli.context import Ctx, pass_ctx
 from chunkstore.errors import UsageError
 from chunkstore.images.backup import backup_image
-from chunkstore.images.compression import DEFAULT_GZIP_LEVEL
+from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL
 from chunkstore.images.restore import restore_image
 from chunkstore.publish import publish_names
 from index.tree import Node

@@ -35,12 +35,7 @@ from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
 from chunkstore.blob import BlobType
 from chunkstore.errors import UsageError
-from chunkstore.images.compression import (
-    OCI_LAYER_TAR,
-    find_reproduction,
-    layer_compression,
-    open_decompressed,
-)
+from chunkstore.images.decompress import OCI_LAYER_TAR, layer_compression, open_decompressed
 from chunkstore.images.dirsource import DirTarStream, dir_image_metadata
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.ingest import IngestedMember, ingest_layer
@@ -54,6 +49,7 @@ from chunkstore.images.oci_layout import (
     Platform,
 )
 from chunkstore.images.rebuild import recipe_members
+from chunkstore.images.recompress import find_reproduction
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
     RegistrySource,

@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from chunkstore.errors import UsageError
-from chunkstore.images.compression import OCI_LAYER_TAR
+from chunkstore.images.decompress import OCI_LAYER_TAR
 from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, Platform
 from index.ids import Digest, sha256
 

@@ -37,7 +37,7 @@ from typing import Any
 from chunkstore import jsonsafe
 from chunkstore.errors import UnsupportedFormat, UsageError
 from chunkstore.images.blobs import parse_sha256
-from chunkstore.images.compression import layer_compression
+from chunkstore.images.decompress import layer_compression
 from index.ids import Digest
 
 __all__ = [

@@ -31,12 +31,7 @@ from typing import IO, Any, Protocol, cast
 
 from chunkstore.backends import RemoteOptions
 from chunkstore.errors import UsageError
-from chunkstore.images.compression import (
-    DEFAULT_GZIP_LEVEL,
-    Compression,
-    Reproduction,
-    recompress,
-)
+from chunkstore.images.decompress import Compression
 from chunkstore.images.docker_archive import write_docker_archive
 from chunkstore.images.extract import extract_tree
 from chunkstore.images.locations import parse_source
@@ -47,6 +42,7 @@ from chunkstore.images.oci_layout import (
     Platform,
 )
 from chunkstore.images.rebuild import rebuild_layer
+from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, Reproduction, recompress
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
     RegistryTarget,

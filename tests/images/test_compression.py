@@ -15,22 +15,24 @@ import pytest
 import zstandard
 
 from chunkstore.errors import UsageError
-from chunkstore.images.compression import (
-    DEFAULT_GZIP_LEVEL,
+from chunkstore.images.decompress import (
     DOCKER_LAYER_GZIP,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
     OCI_LAYER_ZSTD,
     CorruptLayer,
     DecompressionLimit,
-    Reproduction,
     check_magic,
-    detect_gzip_params,
-    find_reproduction,
     layer_compression,
     open_decompressed,
-    recompress,
     sniff_compression,
+)
+from chunkstore.images.recompress import (
+    DEFAULT_GZIP_LEVEL,
+    Reproduction,
+    detect_gzip_params,
+    find_reproduction,
+    recompress,
 )
 from index.ids import Digest, sha256
 

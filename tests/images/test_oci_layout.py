@@ -16,7 +16,7 @@ import pytest
 
 from chunkstore.errors import IntegrityError, MissingObject, UnsupportedFormat, UsageError
 from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, write_blob_atomically
-from chunkstore.images.compression import OCI_LAYER_GZIP, recompress
+from chunkstore.images.decompress import OCI_LAYER_GZIP
 from chunkstore.images.oci_layout import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -24,6 +24,7 @@ from chunkstore.images.oci_layout import (
     OCILayout,
     OCILayoutWriter,
 )
+from chunkstore.images.recompress import recompress
 from index.ids import Digest, sha256
 
 CORPUS = Path("/var/tmp/chunkstore-corpus/oci")

@@ -24,13 +24,9 @@ from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptBlob, CorruptMetadata, UsageError
 from chunkstore.images import extract
 from chunkstore.images.backup import backup_image
-from chunkstore.images.compression import (
-    DEFAULT_GZIP_LEVEL,
-    _parallel_gzip_chunks,
-    recompress,
-)
 from chunkstore.images.extract import extract_tree
 from chunkstore.images.rebuild import _joined, rebuild_layer
+from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, _parallel_gzip_chunks, recompress
 from chunkstore.repository import Repository
 from index.ids import Digest
 from index.image import ImageBody
