@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
+from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
 from chunkstore.errors import ChunkstoreError, LockConflict, Transient, UsageError
@@ -28,6 +28,7 @@ from chunkstore.lock import (
     remove_all_locks,
     remove_stale_locks,
 )
+from chunkstore.testing.faults import FaultyBackend
 from index.cbor import decode_envelope, encode_envelope
 
 S = 1_000_000_000
@@ -49,42 +50,17 @@ class FakeClock:
         self.now += int(seconds * S)
 
 
-class FlakyBackend:
-    """Delegates to a MemoryBackend; saves raise ``Transient`` while ``fail_saves`` is set."""
+class FlakyBackend(FaultyBackend):
+    """Saves raise ``Transient`` while ``fail_saves`` is set (no other faults)."""
 
     def __init__(self, inner: MemoryBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_saves = False
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def exists(self, handle: Handle) -> bool:
-        return self.inner.exists(handle)
 
     def save(self, handle: Handle, data: bytes, *, overwrite: bool = False) -> None:
         if self.fail_saves:
             raise Transient(f"injected failure saving {handle}")
-        self.inner.save(handle, data, overwrite=overwrite)
-
-    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.load(handle, offset, length)
-
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.inner.stat(handle)
-
-    def list(self, file_type: FileType) -> Iterator[FileInfo]:
-        return self.inner.list(file_type)
-
-    def remove(self, handle: Handle) -> None:
-        self.inner.remove(handle)
-
-    def close(self) -> None:
-        self.inner.close()
+        super().save(handle, data, overwrite=overwrite)
 
 
 def _refresher_threads() -> list[threading.Thread]:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from chunkstore import api
-from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
+from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.browse import file_chunks, open_image, resolve_path
 from chunkstore.chunker import ChunkerParams
 from chunkstore.images.backup import backup_image
 from chunkstore.repository import Repository
+from chunkstore.testing.faults import FaultyBackend
 from index.chunklist import ChunkRef
 from index.tree import Node
 
@@ -34,47 +34,22 @@ CONTENT = {
 }
 
 
-class GatedBackend:
-    """Delegates to ``inner``; pack loads are counted and wait while the gate is closed."""
+class GatedBackend(FaultyBackend):
+    """Pack loads are counted and wait while the gate is closed (no other faults)."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = threading.Event()
         self.gate.set()
         self.pack_loads = 0
-        self._lock = threading.Lock()
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def exists(self, handle: Handle) -> bool:
-        return self.inner.exists(handle)
-
-    def save(self, handle: Handle, data: bytes, *, overwrite: bool = False) -> None:
-        self.inner.save(handle, data, overwrite=overwrite)
+        self._count_lock = threading.Lock()
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         if handle.type is FileType.PACK:
-            with self._lock:
+            with self._count_lock:
                 self.pack_loads += 1
             self.gate.wait(30)
-        return self.inner.load(handle, offset, length)
-
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.inner.stat(handle)
-
-    def list(self, file_type: FileType) -> Iterator[FileInfo]:
-        return self.inner.list(file_type)
-
-    def remove(self, handle: Handle) -> None:
-        self.inner.remove(handle)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().load(handle, offset, length)
 
 
 @dataclass
