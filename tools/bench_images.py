@@ -84,6 +84,7 @@ from bench_store import (
     library_versions,
     machine_info,
     report,
+    restic_summary,
     run_checked,
     run_measured,
     wait_for_quiet,
@@ -496,13 +497,8 @@ class ResticTool(Tool):
         ]  # fmt: skip
 
     def details(self, m: Measured) -> dict[str, Any]:
-        for line in reversed(m.stdout.splitlines()):
-            with contextlib.suppress(ValueError):
-                msg = json.loads(line)
-                if isinstance(msg, dict) and msg.get("message_type") == "summary":
-                    keys = ("data_added", "total_bytes_processed", "files_new", "total_duration")
-                    return {k: msg[k] for k in keys if k in msg}
-        return {}
+        keys = ("data_added", "total_bytes_processed", "files_new", "total_duration")
+        return restic_summary(m.stdout, keys)
 
 
 class BorgTool(Tool):

@@ -559,12 +559,18 @@ def _parse_details(spec: ToolSpec, m: Measured) -> dict[str, Any]:
             keys = ("bytes", "chunks", "new_chunks", "new_bytes", "stored_bytes")
             return {k: info[k] for k in keys if k in info}
     if spec.baseline:
-        for line in reversed(m.stdout.splitlines()):
-            with contextlib.suppress(ValueError):
-                msg = json.loads(line)
-                if isinstance(msg, dict) and msg.get("message_type") == "summary":
-                    keys = ("data_blobs", "data_added", "total_bytes_processed", "total_duration")
-                    return {k: msg[k] for k in keys if k in msg}
+        keys = ("data_blobs", "data_added", "total_bytes_processed", "total_duration")
+        return restic_summary(m.stdout, keys)
+    return {}
+
+
+def restic_summary(stdout: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``keys`` of the last ``summary`` message of restic's ``--json`` output (empty if none)."""
+    for line in reversed(stdout.splitlines()):
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("message_type") == "summary":
+                return {k: msg[k] for k in keys if k in msg}
     return {}
 
 
