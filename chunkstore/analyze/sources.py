@@ -10,7 +10,7 @@ per platform, each a list of :class:`Layer`. A layer does not hold its bytes: it
 * ``docker://HOST/NAME[:TAG]``: a blob fetched through an open registry session;
 * ``tag:NAME``: the layer recipes of an image record of the repository; the tar is rebuilt from
   the stored chunks (:func:`~chunkstore.images.rebuild.rebuild_layer` checks its diff_id) and read
-  through :class:`Pieces`.
+  through :class:`~chunkstore.images.rebuild.PieceStream`.
 
 The first three are small frozen dataclasses that name a file, so they pickle and are opened
 again inside a worker process (``parallel`` is true). The last two depend on a live registry
@@ -36,7 +36,7 @@ from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import Descriptor, ImageRef, OCILayout
-from chunkstore.images.rebuild import rebuild_layer
+from chunkstore.images.rebuild import PieceStream, rebuild_layer
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
     RegistrySource,
@@ -55,7 +55,6 @@ __all__ = [
     "Layer",
     "OCIBlob",
     "Opener",
-    "Pieces",
     "resolve",
 ]
 
@@ -121,27 +120,6 @@ class DirLayer:
             stream.close()
 
 
-class Pieces:
-    """A read-only stream over an iterator of byte strings (a rebuilt layer)."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._it = pieces
-        self._buf = memoryview(b"")
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            rest = bytes(self._buf) + b"".join(self._it)
-            self._buf = memoryview(b"")
-            return rest
-        while not self._buf:
-            piece = next(self._it, None)
-            if piece is None:
-                return b""
-            self._buf = memoryview(piece)
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return bytes(out)
-
-
 @dataclass(frozen=True, slots=True)
 class InProcess:
     """A layer that can only be read in this process (a repository or a registry session)."""
@@ -185,7 +163,7 @@ def _registry_layer(registry: RegistrySource, desc: Descriptor) -> InProcess:
 def _recipe_layer(repo: Repository, recipe: Digest) -> InProcess:
     @contextmanager
     def opener() -> Iterator[BinaryIO]:
-        yield cast(BinaryIO, Pieces(rebuild_layer(repo, recipe)))
+        yield cast(BinaryIO, PieceStream(rebuild_layer(repo, recipe)))
 
     return InProcess(opener)
 

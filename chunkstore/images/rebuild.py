@@ -13,7 +13,7 @@ finished without error: a mismatch raises ``CorruptMetadata`` after the last byt
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from chunkstore.errors import CorruptMetadata
 from chunkstore.images.ingest import IngestedMember
@@ -26,7 +26,7 @@ from index.errors import FormatError
 from index.ids import Digest
 from index.recipe import Content, ContentLists, Raw, RecipeRoot, decode_part
 
-__all__ = ["load_recipe", "rebuild_layer", "recipe_members"]
+__all__ = ["PieceStream", "load_recipe", "rebuild_layer", "recipe_members"]
 
 _BATCH_BYTES = 8 << 20
 _PIECE_BYTES = 1 << 20
@@ -47,6 +47,36 @@ def _ops(repo: Repository, root: RecipeRoot) -> Iterator[Raw | Content | Content
         except FormatError as exc:
             raise CorruptMetadata(f"recipe part {part_id.short} is invalid: {exc}") from exc
         yield from ops
+
+
+class PieceStream:
+    """A read-only stream over byte strings (a rebuilt layer) for consumers that ``read(n)``.
+
+    Reads return at most the rest of the current piece (short reads, as a pipe gives), through a
+    memoryview, so no piece is ever copied more than once.
+    """
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        """Read ``pieces`` in order."""
+        self._it = iter(pieces)
+        self._buf = memoryview(b"")
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (everything left when ``n`` < 0); b"" at the end."""
+        if n < 0:
+            rest = bytes(self._buf) + b"".join(self._it)
+            self._buf = memoryview(b"")
+            return rest
+        while not self._buf:
+            piece = next(self._it, None)
+            if piece is None:
+                return b""
+            self._buf = memoryview(piece)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return bytes(out)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def rebuild_layer(repo: Repository, recipe_id: Digest) -> Iterator[bytes]:

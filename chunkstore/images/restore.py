@@ -41,7 +41,7 @@ from chunkstore.images.oci_layout import (
     OCILayoutWriter,
     Platform,
 )
-from chunkstore.images.rebuild import rebuild_layer
+from chunkstore.images.rebuild import PieceStream, rebuild_layer
 from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, Reproduction, recompress
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
@@ -55,29 +55,6 @@ from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
 
 __all__ = ["RestoreResult", "restore_image"]
-
-
-class _IterStream:
-    """A read-only stream over an iterator of byte strings."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it: Iterator[bytes] = iter(chunks)
-        self._buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                self._buf += next(self._it)
-            except StopIteration:
-                break
-        if n < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(slots=True)
@@ -290,7 +267,7 @@ def _write_images(
                 Reproduction.from_dict(layer.reproduce) if layer.reproduce is not None else None
             )
             compression = cast(Compression, layer.compression)
-            tar = _IterStream(rebuild_layer(repo, layer.recipe))
+            tar = PieceStream(rebuild_layer(repo, layer.recipe))
             with tempfile.TemporaryFile(dir=spool_dir) as spool:
                 h = hashlib.sha256()
                 size = 0
