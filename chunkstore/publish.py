@@ -69,20 +69,32 @@ def _valid_tag(name: str) -> bool:
 
 
 def publish_record(
-    repo: Repository, record_id: Digest, record: Record, report: PublishReport
+    repo: Repository,
+    record_id: Digest,
+    record: Record,
+    report: PublishReport,
+    index_files: list[Handle] | None = None,
 ) -> None:
-    """Push the image tag of ``record`` (stored as ``record_id``); nothing for local repositories."""
+    """Push the image tag of ``record`` (stored as ``record_id``); nothing for local repositories.
+
+    ``index_files``: the repository's index files, when the caller has listed them already.
+    """
     backend = _backend(repo)
     if backend is None:
         return
     if not _valid_tag(record.name):
         report.unpublishable.append(record.name)
         return
-    files = [Handle(FileType.INDEX, i.hex) for i in sorted(repo.index_files(), key=lambda d: d.raw)]
+    if index_files is None:
+        index_files = _index_files(repo)
     backend.publish(
-        record.name, Handle(FileType.RECORD, record_id.hex), files + _packs(repo, record)
+        record.name, Handle(FileType.RECORD, record_id.hex), index_files + _packs(repo, record)
     )
     report.pushed.append(record.name)
+
+
+def _index_files(repo: Repository) -> list[Handle]:
+    return [Handle(FileType.INDEX, i.hex) for i in sorted(repo.index_files(), key=lambda d: d.raw)]
 
 
 def publish_names(repo: Repository, names: set[str] | None = None) -> PublishReport:
@@ -98,10 +110,13 @@ def publish_names(repo: Repository, names: set[str] | None = None) -> PublishRep
     newest: dict[str, tuple[Digest, Record]] = {}
     for rid, rec in repo.list_records():  # oldest first: the last one wins
         newest[rec.name] = (rid, rec)
+    index_files: list[Handle] | None = None  # listed once, when a first tag is pushed
     for name in sorted(newest if names is None else names):
         if name in newest:
             rid, rec = newest[name]
-            publish_record(repo, rid, rec, report)
+            if index_files is None and _valid_tag(name):
+                index_files = _index_files(repo)
+            publish_record(repo, rid, rec, report, index_files)
         elif _valid_tag(name) and backend.published_record(name) is not None:
             backend.unpublish(name)
             report.deleted.append(name)
