@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from chunkstore.blob import BlobType, Location
+from chunkstore.blob import BlobType
 from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
 from chunkstore.reach import walk
 from chunkstore.repository import Repository
@@ -71,10 +71,7 @@ def _same(a: Record, b: Record) -> bool:
 def _needed(src: Repository, dst: Repository, record: Record) -> dict[Digest, set[BlobType]]:
     """The blobs ``record`` reaches in ``src`` that ``dst`` lacks, by id."""
 
-    def locations(blob_id: Digest) -> list[Location]:
-        return [loc for t in (BlobType.META, BlobType.DATA) if (loc := src.lookup(blob_id, t))]
-
-    reach = walk([(record.name, record.body)], locations, src.load_at, src.load_many)
+    reach = walk([(record.name, record.body)], src.locations, src.load_at, src.load_many)
     if reach.missing or reach.damaged:
         first = next(iter({**reach.missing, **reach.damaged}))
         raise CorruptMetadata(

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.backends.registry import TAG_PREFIX, RegistryBackend
-from chunkstore.blob import BlobType, Location
 from chunkstore.errors import CorruptMetadata, UsageError
 from chunkstore.reach import walk
 from chunkstore.registry.reference import validate_tag
@@ -47,10 +46,8 @@ def _backend(repo: Repository) -> RegistryBackend | None:
 
 
 def _packs(repo: Repository, record: Record) -> list[Handle]:
-    def locations(blob_id: Digest) -> list[Location]:
-        return [loc for t in (BlobType.META, BlobType.DATA) if (loc := repo.lookup(blob_id, t))]
 
-    reach = walk([(record.name, record.body)], locations, repo.load_at, repo.load_many)
+    reach = walk([(record.name, record.body)], repo.locations, repo.load_at, repo.load_many)
     if reach.missing or reach.damaged:
         raise CorruptMetadata(
             f"record {record.name!r} is incomplete (missing or unreadable blobs); run "

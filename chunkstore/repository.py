@@ -394,6 +394,10 @@ class Repository:
                     return loc
         return self.index.lookup(blob_id, type_)
 
+    def locations(self, blob_id: Digest) -> list[Location]:
+        """Every stored copy of ``blob_id``, metadata first (the form ``reach.walk`` takes)."""
+        return [loc for t in (BlobType.META, BlobType.DATA) if (loc := self.lookup(blob_id, t))]
+
     def has_blob(self, blob_id: Digest, type_: BlobType | None = None) -> bool:
         """Whether a blob of that type (any when None) is stored or on its way into a pack."""
         types = (type_,) if type_ is not None else (BlobType.DATA, BlobType.META)

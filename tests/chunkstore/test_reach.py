@@ -27,9 +27,6 @@ def test_walk_reads_each_level_in_one_batch_and_finds_everything(tmp_path: Path)
     singles: list[Location] = []
     batches: list[int] = []
 
-    def locations(blob_id: Digest) -> list[Location]:
-        return [loc for t in (BlobType.META, BlobType.DATA) if (loc := repo.lookup(blob_id, t))]
-
     def one(loc: Location) -> bytes:
         singles.append(loc)
         return repo.load_at(loc)
@@ -38,11 +35,11 @@ def test_walk_reads_each_level_in_one_batch_and_finds_everything(tmp_path: Path)
         batches.append(len(locs))
         return repo.load_many(locs)
 
-    reach = walk([("root", {"m": mid})], locations, one, many)
+    reach = walk([("root", {"m": mid})], repo.locations, one, many)
     assert not reach.missing and not reach.damaged
     assert {i for t, i in reach.blobs if t is BlobType.DATA} == set(chunks)
     assert {i for t, i in reach.blobs if t is BlobType.META} == set(mid) | set(leaves)
     assert batches == [2, 4] and singles == []  # two levels of metadata, one read each
     # Without a batch loader the same blobs are found one read at a time.
-    assert walk([("root", {"m": mid})], locations, repo.load_at).blobs == reach.blobs
+    assert walk([("root", {"m": mid})], repo.locations, repo.load_at).blobs == reach.blobs
     repo.close()
