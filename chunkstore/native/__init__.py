@@ -1,0 +1,6 @@
+"""Native code: faithful re-implementations of the compressors that make image layers.
+
+Each ``_NAME`` module is a C extension built from ``chunkstore/native/_NAME.c`` (see setup.py),
+written here from the algorithms' descriptions, and releasing the GIL while it works. Python code
+reaches them through :mod:`chunkstore.reproduce`, never directly.
+"""
