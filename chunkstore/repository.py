@@ -740,7 +740,7 @@ class Repository:
         try:
             return record_id, decode(record.body)
         except FormatError as exc:
-            raise CorruptMetadata(f"record {record_id.short} body is invalid: {exc}") from exc
+            raise _format_errors(f"record {record_id.short} body", exc) from exc
 
     def remove_record(self, record_id: Digest) -> None:
         """Delete a record (its data stays until ``prune``)."""

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from chunkstore.blob import BlobType, StoredBlob
 from chunkstore.chunker import Chunker
@@ -36,7 +36,17 @@ __all__ = [
     "iter_stream",
     "read_chunk_lists",
     "store_stream",
+    "store_with",
 ]
+
+
+class Readable(Protocol):
+    """Anything with a binary ``read``."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at the end."""
+        ...
+
 
 #: Bytes of chunks handed to a worker at once.
 BATCH_BYTES = 1 << 20
@@ -227,6 +237,16 @@ def store_stream(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[StreamBody, StoreStats]:
     """Chunk, deduplicate and store ``stream``; returns its body (not yet in any record)."""
+    with ChunkStorer(repo, workers=workers, progress=progress) as storer:
+        body = store_with(repo, storer, stream)
+    return body, storer.stats
+
+
+def store_with(repo: Repository, storer: ChunkStorer, stream: Readable) -> StreamBody:
+    """Chunk, deduplicate and store ``stream`` with an existing ``storer``; returns its body.
+
+    The chunk refs are written as chunk-list blobs of at most MAX_ENTRIES refs each.
+    """
     refs: list[ChunkRef] = []
     lists: list[Digest] = []
 
@@ -236,11 +256,10 @@ def store_stream(
             lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
             refs.clear()
 
-    with ChunkStorer(repo, workers=workers, progress=progress) as storer:
-        size = storer.store(stream, emit)
+    size = storer.store(stream, emit)  # type: ignore[arg-type]
     if refs:
         lists.append(repo.save_blob(BlobType.META, encode_chunk_list(refs)).id)
-    return StreamBody(size, tuple(lists)), storer.stats
+    return StreamBody(size, tuple(lists))
 
 
 def read_chunk_lists(repo: Repository, body: StreamBody) -> Iterator[ChunkRef]:

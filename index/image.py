@@ -1,8 +1,9 @@
 """Tag records of images: what a backup of one image (all its platforms) keeps.
 
-The body of a record of type ``"image"`` (see :mod:`index.record`)::
+The body of a record of type ``"image"`` (see :mod:`index.record`), version 2::
 
-    {"source": tstr,                       where it came from (oci:DIR:REF, docker-archive:FILE, ...)
+    {"version": 2,                         absent in version 1 bodies
+     "source": tstr,                       where it came from (oci:DIR:REF, docker-archive:FILE, ...)
      "index": bstr / null,                 the original image index bytes (multi-platform), exact
      "index_media_type": tstr / null,
      "images": [image, ...]}               one per platform, in the index's order
@@ -18,10 +19,24 @@ The body of a record of type ``"image"`` (see :mod:`index.record`)::
              "diff_id": tstr, "tar_size": uint,                   the uncompressed tar
              "recipe": ref,                                       index/recipe.py
              "compression": "none" | "gzip" | "zstd",
-             "reproduce": map / null}                             how to recreate the exact blob
+             "reproduce": reproduce / null,                       how to recreate the exact blob
+             "original": {"size": uint, "lists": [ref, ...]} / null}   the blob's own bytes, kept
+
+    reproduce = {"family": tstr, "params": {tstr: int / tstr / bool}, "header": bstr}
+
+A layer is given back exactly when ``compression`` is ``"none"`` (the tar is the blob), when
+``reproduce`` names a compressor family and its settings (``header`` is the gzip member header
+verbatim, empty for zstd), or when ``original`` holds the compressed blob itself as a chunked
+stream (:mod:`index.chunklist`); at most one of ``reproduce`` and ``original`` is set.
+
+Version 1 bodies (no ``version`` key, no ``original``, ``reproduce`` in the zlib/libzstd-only form
+``{"compression", "level", "mem_level", "header" (hex)}`` or ``{"compression", "level",
+"checksum", "content_size"}``) are read and translated to the version 2 form; newer versions are
+refused with :class:`~index.errors.UnsupportedVersion`.
 
 Digests are kept as their OCI text (``sha256:...``) because they name registry objects, not blobs
-of this repository; only ``root`` and ``recipe`` are blob references.
+of this repository; only ``root``, ``recipe`` and the chunk lists of ``original`` are blob
+references.
 """
 
 from __future__ import annotations
@@ -29,10 +44,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from index.errors import Malformed
+from index.chunklist import StreamBody
+from index.errors import Malformed, UnsupportedVersion
 from index.ids import Digest
 
-__all__ = ["ImageBody", "ImageEntry", "LayerEntry"]
+__all__ = ["IMAGE_BODY_VERSION", "ImageBody", "ImageEntry", "LayerEntry", "Reproduce"]
+
+#: The version of image record bodies this code writes; it reads 1 and 2.
+IMAGE_BODY_VERSION = 2
+_MAX_PARAMS = 32
 
 
 def _text(v: object, what: str) -> str:
@@ -52,6 +72,82 @@ def _digest_text(v: object, what: str) -> str:
     return v  # type: ignore[return-value]
 
 
+ParamValue = int | str | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reproduce:
+    """How to recreate a compressed layer blob from its tar: a compressor family and settings."""
+
+    family: str
+    params: dict[str, ParamValue]
+    #: The gzip member header, verbatim (empty for zstd).
+    header: bytes = b""
+
+    def to_cbor(self) -> dict[str, Any]:
+        """Record value."""
+        return {"family": self.family, "params": dict(self.params), "header": self.header}
+
+    @classmethod
+    def from_cbor(cls, v: Any) -> Reproduce:
+        """Validate a record value (the family and its params are checked by the engine)."""
+        if not isinstance(v, dict) or set(v) != {"family", "params", "header"}:
+            raise Malformed("image record reproduce fields are not the expected set")
+        params = v["params"]
+        if not isinstance(params, dict) or len(params) > _MAX_PARAMS:
+            raise Malformed("image record reproduce params are not a small map")
+        for key, value in params.items():
+            if not isinstance(key, str) or not isinstance(value, int | str):
+                raise Malformed("image record reproduce params must map text to int, text, bool")
+        if not isinstance(v["header"], bytes) or len(v["header"]) > 1 << 16:
+            raise Malformed("image record reproduce header is not bytes")
+        return cls(_text(v["family"], "reproduce family"), dict(params), v["header"])
+
+    @classmethod
+    def from_v1(cls, v: Any) -> Reproduce:
+        """Translate a version 1 ``reproduce`` map (zlib or libzstd settings only)."""
+        try:
+            if v["compression"] == "gzip" and set(v) == {
+                "compression",
+                "level",
+                "mem_level",
+                "header",
+            }:
+                params: dict[str, ParamValue] = {
+                    "level": _int(v["level"]),
+                    "mem_level": _int(v["mem_level"]),
+                    "wbits": 15,
+                    "strategy": "default",
+                }
+                return cls("zlib", params, bytes.fromhex(_text(v["header"], "header")))
+            if v["compression"] == "zstd" and set(v) == {
+                "compression",
+                "level",
+                "checksum",
+                "content_size",
+            }:
+                if not isinstance(v["checksum"], bool) or not (
+                    v["content_size"] is None or type(v["content_size"]) is int
+                ):
+                    raise Malformed("image record v1 zstd reproduce values are malformed")
+                size = v["content_size"]
+                params = {
+                    "level": _int(v["level"]),
+                    "checksum": v["checksum"],
+                    "content_size": -1 if size is None else size,
+                }
+                return cls("zstd", params)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Malformed(f"image record v1 reproduce map is malformed: {exc}") from None
+        raise Malformed("image record v1 reproduce map is malformed")
+
+
+def _int(v: object) -> int:
+    if type(v) is not int:
+        raise Malformed("image record value is not an integer")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class LayerEntry:
     """One layer of an image."""
@@ -63,7 +159,14 @@ class LayerEntry:
     tar_size: int
     recipe: Digest
     compression: str
-    reproduce: dict[str, Any] | None = None
+    reproduce: Reproduce | None = None
+    #: The compressed blob's own bytes, kept because no reproduction matched.
+    original: StreamBody | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether a restore gives back the original blob (so its digest is known up front)."""
+        return self.compression == "none" or self.reproduce is not None or self.original is not None
 
     def to_cbor(self) -> dict[str, Any]:
         """Record value."""
@@ -75,12 +178,13 @@ class LayerEntry:
             "tar_size": self.tar_size,
             "recipe": self.recipe,
             "compression": self.compression,
-            "reproduce": self.reproduce,
+            "reproduce": None if self.reproduce is None else self.reproduce.to_cbor(),
+            "original": None if self.original is None else self.original.to_cbor(),
         }
 
     @classmethod
-    def from_cbor(cls, v: Any) -> LayerEntry:
-        """Validate a record value."""
+    def from_cbor(cls, v: Any, version: int = IMAGE_BODY_VERSION) -> LayerEntry:
+        """Validate a record value of a body of ``version``."""
         keys = {
             "digest",
             "media_type",
@@ -91,14 +195,26 @@ class LayerEntry:
             "compression",
             "reproduce",
         }
+        if version >= 2:
+            keys.add("original")
         if not isinstance(v, dict) or set(v) != keys:
             raise Malformed("image record layer fields are not the expected set")
         if not isinstance(v["recipe"], Digest):
             raise Malformed("image record layer recipe is not a reference")
         if v["compression"] not in ("none", "gzip", "zstd"):
             raise Malformed("image record layer compression is unknown")
-        if v["reproduce"] is not None and not isinstance(v["reproduce"], dict):
-            raise Malformed("image record layer reproduce is not a map")
+        reproduce = v["reproduce"]
+        if reproduce is not None:
+            if not isinstance(reproduce, dict):
+                raise Malformed("image record layer reproduce is not a map")
+            reproduce = (
+                Reproduce.from_cbor(reproduce) if version >= 2 else Reproduce.from_v1(reproduce)
+            )
+        original = v.get("original")
+        if original is not None:
+            original = StreamBody.from_cbor(original)
+            if reproduce is not None:
+                raise Malformed("image record layer has both reproduce and original")
         return cls(
             _digest_text(v["digest"], "layer digest"),
             _text(v["media_type"], "layer media type"),
@@ -107,7 +223,8 @@ class LayerEntry:
             _uint(v["tar_size"], "layer tar size"),
             v["recipe"],
             v["compression"],
-            v["reproduce"],
+            reproduce,
+            original,
         )
 
 
@@ -137,8 +254,8 @@ class ImageEntry:
         }
 
     @classmethod
-    def from_cbor(cls, v: Any) -> ImageEntry:
-        """Validate a record value."""
+    def from_cbor(cls, v: Any, version: int = IMAGE_BODY_VERSION) -> ImageEntry:
+        """Validate a record value of a body of ``version``."""
         keys = {
             "manifest",
             "manifest_media_type",
@@ -170,7 +287,7 @@ class ImageEntry:
             v["config"],
             v["platform"],
             v["root"],
-            tuple(LayerEntry.from_cbor(x) for x in v["layers"]),
+            tuple(LayerEntry.from_cbor(x, version) for x in v["layers"]),
             meta,
         )
 
@@ -187,6 +304,7 @@ class ImageBody:
     def to_cbor(self) -> dict[str, Any]:
         """Record body."""
         return {
+            "version": IMAGE_BODY_VERSION,
             "source": self.source,
             "index": self.index,
             "index_media_type": self.index_media_type,
@@ -196,7 +314,15 @@ class ImageBody:
     @classmethod
     def from_cbor(cls, v: Any) -> ImageBody:
         """Validate a record body."""
-        if not isinstance(v, dict) or set(v) != {"source", "index", "index_media_type", "images"}:
+        if not isinstance(v, dict):
+            raise Malformed("image record body is not a map")
+        version = v.get("version", 1)
+        if type(version) is not int:
+            raise Malformed("image record body version is not an integer")
+        if not 1 <= version <= IMAGE_BODY_VERSION:
+            raise UnsupportedVersion("image record", version, (1, IMAGE_BODY_VERSION))
+        keys = {"source", "index", "index_media_type", "images"}
+        if set(v) != (keys | {"version"} if version >= 2 else keys):
             raise Malformed("image record body fields are not the expected set")
         if v["index"] is not None and not isinstance(v["index"], bytes):
             raise Malformed("image record index is not bytes")
@@ -206,7 +332,7 @@ class ImageBody:
             raise Malformed("image record has no images")
         return cls(
             _text(v["source"], "source"),
-            tuple(ImageEntry.from_cbor(x) for x in v["images"]),
+            tuple(ImageEntry.from_cbor(x, version) for x in v["images"]),
             v["index"],
             v["index_media_type"],
         )

@@ -16,8 +16,10 @@ Sources and targets use skopeo's transport names:
 Backup of one image, per platform::
 
     1. read and verify the manifest and config (exact bytes kept)
-    2. per layer: verified blob -> decompress (bomb-capped) -> ingest (recipe, chunks, members)
-       -> find how to recreate the compressed blob exactly (zlib/zstd settings), if possible
+    2. per layer: verified blob -> decompress (bomb-capped) -> ingest (recipe, chunks, members),
+       while a probe (chunkstore.reproduce.probe) recognises the compressor from the same read;
+       if none reproduces the blob, the blob's own bytes are stored as well (kept), unless the
+       caller accepts new digests
     3. apply the layers' members in order (whiteouts) -> merged root tree blobs
     4. flush packs and index, then write the ``image`` record named by the tag (written last)
 """
@@ -35,10 +37,15 @@ from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
 from chunkstore.blob import BlobType
 from chunkstore.errors import UsageError
-from chunkstore.images.decompress import OCI_LAYER_TAR, layer_compression, open_decompressed
+from chunkstore.images.decompress import (
+    OCI_LAYER_TAR,
+    Compression,
+    layer_compression,
+    open_decompressed,
+)
 from chunkstore.images.dirsource import DirTarStream, dir_image_metadata
 from chunkstore.images.docker_archive import DockerArchive
-from chunkstore.images.ingest import IngestedMember, ingest_layer
+from chunkstore.images.ingest import IngestedLayer, IngestedMember, ingest_layer
 from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import (
     MAX_MANIFEST_SIZE,
@@ -49,7 +56,6 @@ from chunkstore.images.oci_layout import (
     Platform,
 )
 from chunkstore.images.rebuild import recipe_members
-from chunkstore.images.recompress import find_reproduction
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
     RegistrySource,
@@ -58,7 +64,8 @@ from chunkstore.images.registry_image import (
 )
 from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
-from chunkstore.streams import ChunkStorer
+from chunkstore.reproduce.probe import ProbeResult, ReproductionProbe, TeeReader
+from chunkstore.streams import ChunkStorer, store_with
 from index.errors import FormatError, Malformed
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
@@ -67,7 +74,7 @@ from index.overlay import LayerEntry, Overlay
 from index.record import Record
 from index.tree import NodeType
 
-__all__ = ["BackupResult", "backup_image"]
+__all__ = ["BackupResult", "LayerReport", "backup_image"]
 
 
 _TYPES = {
@@ -120,7 +127,27 @@ class BackupResult:
     stored_bytes: int = 0
     reproducible_layers: int = 0
     reused_layers: int = 0
+    #: Layers whose compressed blob no known compressor reproduces, stored as they are.
+    kept_layers: int = 0
+    kept_bytes: int = 0
+    #: One entry per layer: digest, how it will be given back, by what.
+    layer_reports: list[LayerReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerReport:
+    """How one layer will come back from a restore."""
+
+    digest: str
+    #: ``uncompressed`` (the tar is the blob), ``reproduced``, ``kept`` (original bytes stored),
+    #: or ``new-digest`` (neither: a restore recompresses with defaults).
+    outcome: str
+    #: The reproduction (``go-flate level=6``), or empty.
+    how: str = ""
+    #: Bytes of the kept blob that were new to the repository.
+    kept_new_bytes: int = 0
+    reused: bool = False
 
 
 def backup_image(
@@ -132,8 +159,15 @@ def backup_image(
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
     remote: RemoteOptions | None = None,
+    keep_originals: bool = True,
 ) -> BackupResult:
     """Back up the image(s) at ``source`` under the record name ``tag``.
+
+    Every compressed layer is given back exactly by a restore: either a known compressor
+    reproduces it (found while the layer is read), or its compressed bytes are stored too
+    (deduplicated like any data). ``keep_originals=False`` stores nothing extra for layers
+    that no compressor reproduces; their restore then recompresses with default settings and
+    gives the image a new manifest digest (the image ID stays).
 
     ``source`` is ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]``, ``dir:PATH`` or
     ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` (see the module docstring). ``platform`` selects
@@ -156,7 +190,7 @@ def backup_image(
             images = layout.resolve(ref, platform)
             for image in images:
                 entries.append(
-                    _backup_one(repo, image, layout.open_blob, _layout_head(layout), storer, result)
+                    _backup_one(repo, image, layout.open_blob, storer, result, keep_originals)
                 )
             index_desc = _outer_index(images, platform)
             if index_desc is not None:
@@ -170,9 +204,7 @@ def backup_image(
                     # Layers already stored are reused before their blob is ever opened, so
                     # they are not downloaded (RegistrySource fetches a layer on first open).
                     entries.append(
-                        _backup_one(
-                            repo, image, registry.open_blob, registry.read_head, storer, result
-                        )
+                        _backup_one(repo, image, registry.open_blob, storer, result, keep_originals)
                     )
                 index_desc = _outer_index(images, platform)
                 if index_desc is not None:
@@ -183,9 +215,7 @@ def backup_image(
                 image = archive.resolve(ref)
                 _check_platform(image, platform, source)
                 entries.append(
-                    _backup_one(
-                        repo, image, archive.open_blob, _stream_head(archive), storer, result
-                    )
+                    _backup_one(repo, image, archive.open_blob, storer, result, keep_originals)
                 )
         else:
             entries.append(_backup_dir(repo, path, platform, storer, result))
@@ -218,33 +248,53 @@ def _outer_index(images: list[ImageRef], platform: str | None) -> Descriptor | N
 
 
 _OpenBlob = Callable[[Descriptor], Any]
-_ReadHead = Callable[[Descriptor], bytes]
 
 
-def _layout_head(layout: OCILayout) -> _ReadHead:
-    def head(desc: Descriptor) -> bytes:
-        if desc.size <= 1 << 20:
-            return layout.read_blob(desc, 1 << 20)
-        with open(layout.blob_path(desc.digest), "rb") as f:
-            return f.read(1 << 20)
+def _ingest_probed(
+    repo: Repository,
+    open_blob: _OpenBlob,
+    desc: Descriptor,
+    compression: Compression,
+    storer: ChunkStorer,
+) -> tuple[IngestedLayer, ProbeResult | None]:
+    """Ingest one layer blob while a probe finds its compressor from the same read."""
+    if compression == "none":
+        with open_blob(desc) as blob:
+            return ingest_layer(repo, blob, storer=storer), None
+    with ReproductionProbe(compression) as probe, open_blob(desc) as blob:
+        tar = open_decompressed(TeeReader(blob, probe.original), compression)
+        layer = ingest_layer(repo, TeeReader(tar, probe.plain), storer=storer)  # type: ignore[arg-type]
+        return layer, probe.result()
 
-    return head
+
+def _count(
+    result: BackupResult,
+    layer: LayerRecord,
+    *,
+    reused: bool,
+    how: ProbeResult | None = None,
+    kept_new: int = 0,
+) -> None:
+    """Count ``layer`` in ``result`` by how a restore will give it back."""
+    if layer.compression == "none":
+        outcome, label = "uncompressed", ""
+    elif layer.reproduce is not None:
+        outcome = "reproduced"
+        label = how.label if how is not None else _reproduce_label(layer)
+    elif layer.original is not None:
+        outcome, label = "kept", ""
+        result.kept_layers += 1
+    else:
+        outcome, label = "new-digest", ""
+    if outcome != "new-digest":
+        result.reproducible_layers += 1
+    result.layer_reports.append(LayerReport(layer.digest, outcome, label, kept_new, reused))
 
 
-def _stream_head(archive: DockerArchive) -> _ReadHead:
-    def head(desc: Descriptor) -> bytes:
-        with archive.open_blob(desc) as blob:
-            return _read_up_to(blob, 1 << 20)
-
-    return head
-
-
-def _read_up_to(f: Any, n: int) -> bytes:
-    parts: list[bytes] = []
-    while n > 0 and (piece := f.read(n)):
-        parts.append(piece)
-        n -= len(piece)
-    return b"".join(parts)
+def _reproduce_label(layer: LayerRecord) -> str:
+    assert layer.reproduce is not None
+    params = " ".join(f"{k}={v}" for k, v in sorted(layer.reproduce.params.items()))
+    return f"{layer.reproduce.family} {params}".strip()
 
 
 def _check_platform(image: ImageRef, platform: str | None, source: str) -> None:
@@ -308,9 +358,18 @@ def _backup_dir(
     _apply(overlay, layer.members, f"directory {path}")
     root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)
     result.layers += 1
-    result.reproducible_layers += 1
     result.tar_bytes += layer.size
     doc = json.loads(config)
+    record = LayerRecord(
+        digest=str(layer.diff_id),
+        media_type=OCI_LAYER_TAR,
+        size=layer.size,
+        diff_id=str(layer.diff_id),
+        tar_size=layer.size,
+        recipe=layer.recipe,
+        compression="none",
+    )
+    _count(result, record, reused=False)
     return ImageEntry(
         manifest=manifest,
         manifest_media_type=OCI_MANIFEST,
@@ -318,18 +377,7 @@ def _backup_dir(
         platform=str(Platform.from_json(doc, "generated config")),
         root=root,
         root_meta=_root_meta(overlay),
-        layers=(
-            LayerRecord(
-                digest=str(layer.diff_id),
-                media_type=OCI_LAYER_TAR,
-                size=layer.size,
-                diff_id=str(layer.diff_id),
-                tar_size=layer.size,
-                recipe=layer.recipe,
-                compression="none",
-                reproduce=None,
-            ),
-        ),
+        layers=(record,),
     )
 
 
@@ -337,9 +385,9 @@ def _backup_one(
     repo: Repository,
     image: ImageRef,
     open_blob: _OpenBlob,
-    read_head: _ReadHead,
     storer: ChunkStorer,
     result: BackupResult,
+    keep_originals: bool,
 ) -> ImageEntry:
     overlay = Overlay()
     layers: list[LayerRecord] = []
@@ -369,42 +417,44 @@ def _backup_one(
             result.layers += 1
             result.reused_layers += 1
             result.tar_bytes += previous.tar_size
-            if previous.reproduce is not None or compression == "none":
-                result.reproducible_layers += 1
+            _count(result, previous, reused=True)
             continue
-        with open_blob(desc) as blob:
-            tar = open_decompressed(blob, compression)
-            layer = ingest_layer(repo, tar, storer=storer)
+        layer, probed = _ingest_probed(repo, open_blob, desc, compression, storer)
         if str(layer.diff_id) != want_diff:
             raise UsageError(
                 f"layer {desc.digest} decompresses to {layer.diff_id}, but the config says "
                 f"{want_diff}: the image is inconsistent; nothing was recorded"
             )
-        reproduction = None
-        if compression != "none":
-            prefix = read_head(desc)
-
-            def reopen(d: Any = desc, c: Any = compression) -> Any:
-                return open_decompressed(open_blob(d), c)
-
-            reproduction = find_reproduction(
-                reopen, desc.digest, desc.size, compression, compressed_prefix=prefix
-            )
-        if reproduction is not None or compression == "none":
-            result.reproducible_layers += 1
+        original = None
+        kept_new = 0
+        if compression != "none" and probed is not None and probed.reproduce is None:
+            if probed.original_size != desc.size:
+                raise UsageError(
+                    f"layer {desc.digest}: {probed.original_size} compressed bytes were read, "
+                    f"the manifest says {desc.size}; nothing was recorded"
+                )
+            if keep_originals:
+                before = storer.stats.new_bytes
+                with open_blob(desc) as blob:
+                    original = store_with(repo, storer, blob)
+                if original.size != desc.size:
+                    raise UsageError(f"layer {desc.digest} changed while it was read")
+                kept_new = storer.stats.new_bytes - before
+                result.kept_bytes += kept_new
         _apply(overlay, layer.members, f"layer {desc.digest}")
-        layers.append(
-            LayerRecord(
-                digest=str(desc.digest),
-                media_type=desc.media_type,
-                size=desc.size,
-                diff_id=str(layer.diff_id),
-                tar_size=layer.size,
-                recipe=layer.recipe,
-                compression=compression,
-                reproduce=reproduction.to_dict() if reproduction is not None else None,
-            )
+        record = LayerRecord(
+            digest=str(desc.digest),
+            media_type=desc.media_type,
+            size=desc.size,
+            diff_id=str(layer.diff_id),
+            tar_size=layer.size,
+            recipe=layer.recipe,
+            compression=compression,
+            reproduce=None if probed is None else probed.reproduce,
+            original=original,
         )
+        layers.append(record)
+        _count(result, record, reused=False, how=probed, kept_new=kept_new)
         result.layers += 1
         result.tar_bytes += layer.size
     root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)

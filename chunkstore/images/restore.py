@@ -5,9 +5,12 @@ Targets use skopeo's transport names (see :mod:`chunkstore.images.locations`).
 Restore of a record into ``oci:DIR[:REF]`` or ``docker://HOST[:PORT]/NAME[:TAG]`` (one code
 path, :func:`_write_images`, feeding an OCI layout writer or a registry push)::
 
-    per layer: recipe -> tar (checked against diff_id) -> recompress -> spool file (digest)
-    -> blob stored (its digest: the original when reproducible, else a new one and the manifest
-    is rewritten); a registry that already holds a blob is not sent it again
+    per layer, one of:
+      reproduced: recipe -> tar (checked against diff_id) -> the recorded compressor
+      kept:       the original compressed bytes, chunk by chunk (each chunk verified)
+      otherwise:  recipe -> tar -> default recompression (the record accepted new digests)
+    -> spool file (digest) -> blob stored (its digest: the original, or for the last case a
+    new one and the manifest is rewritten); a registry that already holds a blob is not sent it
     config bytes as stored (same image ID) -> manifest -> index.json entry / tag (written last)
 
 into ``docker-archive:FILE[:TAG]`` (one platform; the archive is written atomically)::
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from chunkstore.backends import RemoteOptions
-from chunkstore.errors import UsageError
+from chunkstore.errors import IntegrityError, UsageError
 from chunkstore.images.decompress import Compression
 from chunkstore.images.docker_archive import write_docker_archive
 from chunkstore.images.extract import extract_tree
@@ -42,7 +45,7 @@ from chunkstore.images.oci_layout import (
     Platform,
 )
 from chunkstore.images.rebuild import PieceStream, rebuild_layer
-from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, Reproduction, recompress
+from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, recompress
 from chunkstore.images.registry_image import (
     DOCKER_PREFIX,
     RegistryTarget,
@@ -50,6 +53,8 @@ from chunkstore.images.registry_image import (
     parse_docker_reference,
 )
 from chunkstore.repository import Repository
+from chunkstore.reproduce.catalog import reproduce_blob
+from chunkstore.streams import iter_stream
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
@@ -234,11 +239,6 @@ class _LayoutSink:
         self.writer.add_blob(sha256(data), [data])
 
 
-def _expect_exact(layer: LayerRecord) -> bool:
-    """Whether a restore gives back the original layer blob (so its digest is known up front)."""
-    return layer.reproduce is not None or layer.compression == "none"
-
-
 def _write_images(
     repo: Repository,
     body: ImageBody,
@@ -260,27 +260,33 @@ def _write_images(
         new_digests: dict[str, tuple[str, int]] = {}
         for layer in image.layers:
             result.layers += 1
-            if _expect_exact(layer) and sink.has_blob(Digest.parse(layer.digest), layer.size):
+            if layer.exact and sink.has_blob(Digest.parse(layer.digest), layer.size):
                 result.exact_layers += 1
                 continue
-            reproduction = (
-                Reproduction.from_dict(layer.reproduce) if layer.reproduce is not None else None
-            )
-            compression = cast(Compression, layer.compression)
-            tar = PieceStream(rebuild_layer(repo, layer.recipe))
             with tempfile.TemporaryFile(dir=spool_dir) as spool:
                 h = hashlib.sha256()
                 size = 0
-                for piece in recompress(tar, reproduction, compression, gzip_level=gzip_level):
+                for piece in _layer_blob(repo, layer, gzip_level):
                     h.update(piece)
                     size += len(piece)
                     spool.write(piece)
                 digest = Digest("sha256", h.digest())
+                if layer.original is not None and str(digest) != layer.digest:
+                    raise IntegrityError(
+                        f"the kept bytes of layer {layer.digest} hash to {digest}: the "
+                        "repository is damaged; run 'chunkstore check --read-data'"
+                    )
                 sink.add_blob_file(digest, size, spool)
             if str(digest) == layer.digest:
                 result.exact_layers += 1
-            else:
-                new_digests[layer.digest] = (str(digest), size)
+                continue
+            new_digests[layer.digest] = (str(digest), size)
+            if layer.reproduce is not None:
+                result.notes.append(
+                    f"layer {layer.digest} was recorded as reproducible by "
+                    f"{layer.reproduce.family}, but this machine's compressor gave {digest}; "
+                    "please report this with 'chunkstore tags --json' output"
+                )
         sink.add_blob_bytes(image.config)
         manifest = image.manifest
         if new_digests:
@@ -293,6 +299,17 @@ def _write_images(
             )
         manifests.append((manifest, image))
     return manifests
+
+
+def _layer_blob(repo: Repository, layer: LayerRecord, gzip_level: int) -> Iterator[bytes]:
+    """The compressed blob of ``layer``: kept bytes, reproduced, or recompressed by default."""
+    if layer.original is not None:
+        return iter_stream(repo, layer.original)
+    compression = cast(Compression, layer.compression)
+    tar = rebuild_layer(repo, layer.recipe)
+    if layer.reproduce is not None:
+        return reproduce_blob(tar, compression, layer.reproduce)
+    return recompress(PieceStream(tar), compression, gzip_level=gzip_level)
 
 
 def _stored_index(

@@ -65,9 +65,9 @@ class Family(Protocol):
     def candidates(self, header: bytes) -> list[Candidate]:
         """Plausible settings, most likely first, for a blob whose gzip member header is ``header``.
 
-        ``header`` is the verbatim gzip member header (RFC 1952, up to the first deflate byte); an
-        empty ``header`` means a zstd frame. Return ``[]`` when the header rules the family out
-        (its OS byte, XFL or flags are ones this family never writes).
+        For gzip families ``header`` is the verbatim gzip member header (RFC 1952, up to the first
+        deflate byte); for zstd it is the start of the frame (its header). Return ``[]`` when the
+        header rules the family out (an OS byte, XFL or flags this family never writes).
         """
         ...
 

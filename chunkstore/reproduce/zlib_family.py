@@ -8,6 +8,7 @@ same settings.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Mapping
 
@@ -59,7 +60,7 @@ class ZlibFamily:
                     "wbits": 15,
                     "strategy": "default",
                 }
-                out.append(Candidate(self.name, params, lambda p=params: self.open(p)))
+                out.append(Candidate(self.name, params, functools.partial(self.open, params)))
         return out
 
     def open(self, params: Mapping[str, ParamValue]) -> Encoder:

@@ -307,11 +307,13 @@ def test_gzip_level_applies_to_rewritten_layers_only(tmp_path: Path) -> None:
     words = [rnd.randbytes(6).hex().encode() for _ in range(400)]
     tar = layer_tar({"text": b" ".join(rnd.choices(words, k=60_000))})
     odd = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 3, zlib.Z_FILTERED)
-    foreign = odd.compress(tar) + odd.flush()  # settings restore never tries: rewritten
+    foreign = odd.compress(tar) + odd.flush()  # settings no family tries: not reproduced
     exact = layer_tar({"other": b"y" * 5000})
     write_image(tmp_path / "src", "v1", [tar, exact], blobs=[foreign, zlib_gzip(exact)])
     repo = new_repo(tmp_path)
-    backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    backed = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x", keep_originals=False)
+    assert [r.outcome for r in backed.layer_reports] == ["new-digest", "reproduced"]
+    assert backed.kept_layers == 0 and backed.kept_bytes == 0
     sizes = {}
     for level in (1, 9):
         out = tmp_path / f"out{level}"
@@ -326,4 +328,31 @@ def test_gzip_level_applies_to_rewritten_layers_only(tmp_path: Path) -> None:
     assert sizes[9] < sizes[1]
     with pytest.raises(UsageError, match="level"):
         restore_image(repo, "x", f"oci:{tmp_path / 'bad'}:v1", gzip_level=0)
+    repo.close()
+
+
+def test_unreproducible_layer_is_kept_and_restored_exactly(tmp_path: Path) -> None:
+    rnd = random.Random(10)
+    words = [rnd.randbytes(6).hex().encode() for _ in range(400)]
+    tar = layer_tar({"text": b" ".join(rnd.choices(words, k=60_000))})
+    odd = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 3, zlib.Z_FILTERED)
+    foreign = odd.compress(tar) + odd.flush()
+    exact = layer_tar({"other": b"y" * 5000})
+    write_image(tmp_path / "src", "v1", [tar, exact], blobs=[foreign, zlib_gzip(exact)])
+    (orig,) = OCILayout(tmp_path / "src").resolve("v1")
+    repo = new_repo(tmp_path)
+    backed = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
+    assert [r.outcome for r in backed.layer_reports] == ["kept", "reproduced"]
+    assert backed.kept_layers == 1 and 0 < backed.kept_bytes <= len(foreign)
+    assert backed.reproducible_layers == 2
+    result = restore_image(repo, "x", f"oci:{tmp_path / 'out'}:v1")
+    assert result.exact_layers == 2 and not result.manifest_rewritten
+    (back,) = OCILayout(tmp_path / "out").resolve("v1")
+    assert back.manifest_digest == orig.manifest_digest
+    first = back.layers[0]
+    assert (tmp_path / "out" / "blobs" / "sha256" / first.digest.hex).read_bytes() == foreign
+    # The same image again under another tag: the layer is reused, nothing is kept twice.
+    again = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "y")
+    assert again.reused_layers == 2 and again.kept_bytes == 0
+    assert [r.outcome for r in again.layer_reports] == ["kept", "reproduced"]
     repo.close()

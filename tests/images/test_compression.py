@@ -1,4 +1,4 @@
-"""Layer compression: media types, magic, bounded decompression and bit-exact reproduction."""
+"""Layer compression: media types, magic, bounded decompression, default recompression."""
 
 from __future__ import annotations
 
@@ -27,13 +27,7 @@ from chunkstore.images.decompress import (
     open_decompressed,
     sniff_compression,
 )
-from chunkstore.images.recompress import (
-    DEFAULT_GZIP_LEVEL,
-    Reproduction,
-    detect_gzip_params,
-    find_reproduction,
-    recompress,
-)
+from chunkstore.images.recompress import recompress
 from index.ids import Digest, sha256
 
 CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
@@ -79,8 +73,8 @@ def test_gzip_round_trip_multi_member() -> None:
     blob = gzip.compress(data[:1000]) + gzip.compress(data[1000:])
     with open_decompressed(io.BytesIO(blob), "gzip") as r:
         assert r.read() == data
-    assert b"".join(recompress(io.BytesIO(data), None, "gzip")) != b""
-    again = b"".join(recompress(io.BytesIO(data), None, "gzip"))
+    assert b"".join(recompress(io.BytesIO(data), "gzip")) != b""
+    again = b"".join(recompress(io.BytesIO(data), "gzip"))
     assert gzip.decompress(again) == data
 
 
@@ -99,14 +93,14 @@ def test_zstd_round_trip_multi_frame() -> None:
     blob = zstandard.compress(data[:5000]) + zstandard.compress(data[5000:])
     with open_decompressed(io.BytesIO(blob), "zstd") as r:
         assert r.read() == data
-    again = b"".join(recompress(io.BytesIO(data), None, "zstd"))
+    again = b"".join(recompress(io.BytesIO(data), "zstd"))
     assert zstandard.ZstdDecompressor().decompressobj().decompress(again) == data
 
 
 def test_none_passes_through() -> None:
     data = _payload(1000)
     assert open_decompressed(io.BytesIO(data), "none").read() == data
-    assert b"".join(recompress(io.BytesIO(data), None, "none")) == data
+    assert b"".join(recompress(io.BytesIO(data), "none")) == data
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
@@ -125,107 +119,6 @@ def test_bomb_guard_size() -> None:
         open_decompressed(io.BytesIO(blob), "gzip", max_size=1_000_000).read()
 
 
-def test_detect_gzip_params() -> None:
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=buf, mtime=1234, compresslevel=9):
-        pass
-    head = detect_gzip_params(buf.getvalue())
-    assert head is not None
-    assert (head.mtime, head.xfl, head.fname, head.level_hint) == (1234, 2, b"layer.tar", 9)
-    assert detect_gzip_params(b"not gzip at all") is None
-
-
-@pytest.mark.parametrize("level", [1, 6, 9])
-def test_gzip_reproduction_found(level: int) -> None:
-    data = _payload()
-    buf = io.BytesIO()
-    with gzip.GzipFile(
-        filename="x.tar", mode="wb", fileobj=buf, mtime=99, compresslevel=level
-    ) as g:
-        g.write(data)
-    blob = buf.getvalue()
-    rep = find_reproduction(
-        _factory(data), sha256(blob), len(blob), "gzip", compressed_prefix=blob[: 1 << 20]
-    )
-    assert rep is not None
-    assert rep.level == level
-    assert b"".join(recompress(io.BytesIO(data), rep, "gzip")) == blob
-    assert Reproduction.from_dict(rep.to_dict()) == rep
-
-
-def test_gzip_reproduction_without_prefix() -> None:
-    data = _payload(50_000)
-    blob = b"".join(recompress(io.BytesIO(data), None, "gzip"))
-    rep = find_reproduction(_factory(data), sha256(blob), len(blob), "gzip")
-    assert rep is not None and rep.level == DEFAULT_GZIP_LEVEL
-    other = gzip.compress(data, compresslevel=1, mtime=5)
-    assert find_reproduction(_factory(data), sha256(other), len(other), "gzip") is None
-
-
-def test_gzip_reproduction_not_found() -> None:
-    data = _payload()
-    comp = zlib.compressobj(6, zlib.DEFLATED, 31, 8, zlib.Z_FILTERED)
-    blob = comp.compress(data) + comp.flush()
-    rep = find_reproduction(_factory(data), sha256(blob), len(blob), "gzip", compressed_prefix=blob)
-    assert rep is None
-
-
-@pytest.mark.parametrize(
-    ("level", "checksum", "content_size"),
-    [(1, False, False), (3, True, True), (7, False, True), (19, True, False)],
-)
-def test_zstd_reproduction_found(level: int, checksum: bool, content_size: bool) -> None:
-    data = _payload(100_000)
-    cctx = zstandard.ZstdCompressor(
-        level=level, write_checksum=checksum, write_content_size=content_size
-    )
-    blob = b"".join(cctx.read_to_iter(io.BytesIO(data), size=len(data) if content_size else -1))
-    rep = find_reproduction(
-        _factory(data), sha256(blob), len(blob), "zstd", compressed_prefix=blob[: 1 << 20]
-    )
-    assert rep is not None
-    assert (rep.level, rep.checksum, rep.content_size is not None) == (
-        level,
-        checksum,
-        content_size,
-    )
-    assert b"".join(recompress(io.BytesIO(data), rep, "zstd")) == blob
-    assert Reproduction.from_dict(rep.to_dict()) == rep
-
-
-def test_reproduction_record_rejects_garbage() -> None:
-    with pytest.raises(UsageError, match="malformed"):
-        Reproduction.from_dict({"compression": "gzip", "level": 6})
-    with pytest.raises(UsageError, match="malformed"):
-        Reproduction.from_dict({"compression": "lz4", "level": 1})
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="image corpus not built (tools/build_corpus)")
-def test_go_made_corpus_layer_not_reproduced() -> None:
-    from chunkstore.images.oci_layout import OCILayout
-
-    layout = OCILayout(CORPUS)
-    image = layout.resolve("bookworm-minbase")[0]
-    layer = image.layers[0]
-    with layout.open_blob(layer) as r:
-        prefix = r.read(1 << 20)
-
-    def tar_stream() -> io.BufferedReader:
-        return open_decompressed(open(layout.blob_path(layer.digest), "rb"), "gzip")
-
-    assert (
-        find_reproduction(
-            tar_stream,
-            layer.digest,
-            layer.size,
-            "gzip",
-            compressed_prefix=prefix,
-        )
-        is None
-    )
-
-
 def test_digest_helpers_consistent() -> None:
     data = os.urandom(100)
     assert Digest.parse(str(sha256(data))) == sha256(data)
@@ -238,8 +131,8 @@ def test_parallel_default_gzip_is_valid_deterministic_and_one_member() -> None:
     for size in (0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 12345):
         data = rng.randbytes(size // 2) + b"layer " * ((size - size // 2) // 6 + 1)
         data = data[:size]
-        first = b"".join(recompress(io.BytesIO(data), None, "gzip"))
-        assert b"".join(recompress(io.BytesIO(data), None, "gzip")) == first
+        first = b"".join(recompress(io.BytesIO(data), "gzip"))
+        assert b"".join(recompress(io.BytesIO(data), "gzip")) == first
         assert gzip.decompress(first) == data
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         assert d.decompress(first) == data and d.eof and d.unused_data == b""

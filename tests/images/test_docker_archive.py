@@ -170,7 +170,7 @@ def test_read_skopeo_made_archive(tmp_path: Path) -> None:
     config_bytes, tars = image({"usr/bin/tool": b"#!/bin/sh\n" * 50})
     layout = tmp_path / "oci"
     w = OCILayoutWriter(layout)
-    gz = b"".join(recompress(io.BytesIO(tars[0]), None, "gzip"))
+    gz = b"".join(recompress(io.BytesIO(tars[0]), "gzip"))
     layer = w.add_bytes(gz, OCI_LAYER_GZIP)
     cfg = w.add_bytes(config_bytes, OCI_CONFIG)
     manifest = {

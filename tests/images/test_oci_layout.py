@@ -49,7 +49,7 @@ def add_image(
 ) -> tuple[bytes, bytes, bytes]:
     """Store one single-layer image; return (manifest, config, compressed layer)."""
     tar = make_tar(files)
-    layer = b"".join(recompress(io.BytesIO(tar), None, "gzip"))
+    layer = b"".join(recompress(io.BytesIO(tar), "gzip"))
     layer_desc = w.add_bytes(layer, OCI_LAYER_GZIP)
     config: dict[str, object] = {
         "architecture": arch,

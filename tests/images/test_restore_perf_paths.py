@@ -229,7 +229,7 @@ class _Reader:
 @pytest.mark.parametrize("level", [1, 6])
 def test_gzip_recompression_levels(level: int) -> None:
     data = random.Random(5).randbytes(1 << 20) + b"text " * 600_000
-    out = b"".join(recompress(_Reader(data), None, "gzip", gzip_level=level))
+    out = b"".join(recompress(_Reader(data), "gzip", gzip_level=level))
     assert gzip.decompress(out) == data
     assert zlib.crc32(data) == int.from_bytes(out[-8:-4], "little")
     # Deterministic whatever the number of threads.
@@ -239,12 +239,12 @@ def test_gzip_recompression_levels(level: int) -> None:
 
 def test_gzip_default_level_and_range() -> None:
     data = b"hello " * 300_000
-    default = b"".join(recompress(_Reader(data), None, "gzip"))
-    explicit = b"".join(recompress(_Reader(data), None, "gzip", gzip_level=DEFAULT_GZIP_LEVEL))
+    default = b"".join(recompress(_Reader(data), "gzip"))
+    explicit = b"".join(recompress(_Reader(data), "gzip", gzip_level=DEFAULT_GZIP_LEVEL))
     assert default == explicit and gzip.decompress(default) == data
     assert (
-        b"".join(recompress(_Reader(b""), None, "gzip"))
-        and gzip.decompress(b"".join(recompress(_Reader(b""), None, "gzip"))) == b""
+        b"".join(recompress(_Reader(b""), "gzip"))
+        and gzip.decompress(b"".join(recompress(_Reader(b""), "gzip"))) == b""
     )
     with pytest.raises(UsageError, match="gzip level 0"):
-        recompress(_Reader(data), None, "gzip", gzip_level=0)
+        recompress(_Reader(data), "gzip", gzip_level=0)
