@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
 from chunkstore.reach import walk
@@ -18,7 +19,7 @@ from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
 from index.errors import FormatError
 from index.ids import Digest
-from index.image import ImageBody, ImageEntry
+from index.image import ImageBody, ImageEntry, LayerEntry
 from index.tree import Node, NodeType, Tree, decode_tree
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "diff_images",
     "file_chunks",
     "image_stats",
+    "layer_outcome",
     "list_path",
     "open_image",
     "read_file",
@@ -150,12 +152,58 @@ def diff_images(repo: Repository, root_a: Digest, root_b: Digest) -> Iterator[Ch
                 stack.append((path, da, db))
 
 
-def image_stats(repo: Repository, image: ImageEntry) -> dict[str, int]:
-    """Logical size (layer tars), and the unique and stored bytes of the blobs it needs."""
-    roots = [("image", [image.root, *(layer.recipe for layer in image.layers)])]
-    result = walk(roots, lambda i: [loc] if (loc := repo.lookup(i)) else [], repo.load_at)
+def layer_outcome(layer: LayerEntry) -> tuple[str, str]:
+    """How a restore gives ``layer`` back, and by what: ``uncompressed``, ``reproduced`` (with
+    the compressor, e.g. ``go-flate level=6``), ``kept`` (its original bytes are stored) or
+    ``new-digest`` (recompressed with defaults: the backup accepted new digests)."""
+    if layer.compression == "none":
+        return "uncompressed", ""
+    if layer.reproduce is not None:
+        params = " ".join(f"{k}={v}" for k, v in sorted(layer.reproduce.params.items()))
+        return "reproduced", f"{layer.reproduce.family} {params}".strip()
+    if layer.original is not None:
+        return "kept", ""
+    return "new-digest", ""
+
+
+def image_stats(repo: Repository, image: ImageEntry) -> dict[str, Any]:
+    """Logical size (layer tars), the unique and stored bytes of the blobs it needs, and per
+    layer how a restore gives it back (with the bytes a kept layer's original blob takes)."""
+
+    def lookup(blob_id: Digest) -> list[Any]:
+        loc = repo.lookup(blob_id)
+        return [loc] if loc else []
+
+    roots = [
+        (
+            "image",
+            [
+                image.root,
+                *(layer.recipe for layer in image.layers),
+                *(d for layer in image.layers if layer.original for d in layer.original.lists),
+            ],
+        )
+    ]
+    result = walk(roots, lookup, repo.load_at)
     unique = sum(loc.entry.raw_length for loc in result.blobs.values())
     stored = sum(loc.entry.length for loc in result.blobs.values())
+    per_layer: list[dict[str, Any]] = []
+    for layer in image.layers:
+        outcome, how = layer_outcome(layer)
+        kept = 0
+        if layer.original is not None:
+            kept_walk = walk([("kept", list(layer.original.lists))], lookup, repo.load_at)
+            kept = sum(loc.entry.length for loc in kept_walk.blobs.values())
+        per_layer.append(
+            {
+                "digest": layer.digest,
+                "size": layer.size,
+                "tar_size": layer.tar_size,
+                "outcome": outcome,
+                "reproduced_by": how or None,
+                "kept_stored_bytes": kept,
+            }
+        )
     return {
         "layers": len(image.layers),
         "logical_bytes": sum(layer.tar_size for layer in image.layers),
@@ -164,4 +212,6 @@ def image_stats(repo: Repository, image: ImageEntry) -> dict[str, int]:
         "stored_bytes": stored,
         "blobs": len(result.blobs),
         "missing_blobs": len(result.missing),
+        "kept_stored_bytes": sum(x["kept_stored_bytes"] for x in per_layer),
+        "layer_details": per_layer,
     }

@@ -14,6 +14,7 @@ from chunkstore.images.backup import backup_image
 from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL
 from chunkstore.images.restore import restore_image
 from chunkstore.publish import publish_names
+from index.image import ImageBody
 from index.tree import Node
 
 __all__ = [
@@ -33,15 +34,32 @@ __all__ = [
 @click.option(
     "--platform", help="Only this platform of a multi-platform image (os/arch[/variant])."
 )
+@click.option(
+    "--accept-new-digests",
+    is_flag=True,
+    help="Do not store the original bytes of layers that no known compressor reproduces: "
+    "saves their compressed size, but their restore recompresses them, so the image gets a new "
+    "manifest digest (same image ID).",
+)
 @pass_ctx
-def backup(c: Ctx, source: str, tag: str, platform: str | None) -> None:
+def backup(c: Ctx, source: str, tag: str, platform: str | None, accept_new_digests: bool) -> None:
     """Back up an image as TAG.
 
     SOURCE is oci:DIR[:REF], docker-archive:FILE[:REF], dir:PATH or
     docker://HOST[:PORT]/NAME[:TAG|@DIGEST] (a registry; --plain-http for HTTP).
+    Every layer comes back with its original digest: its compressor is recognised while it is
+    read (Go, klauspost/pgzip, zlib, GNU gzip, pigz, zstd), or its compressed bytes are kept.
     """
     with c.open() as repo, c.bytes_progress(None, tag) as tick, api.locked(repo, exclusive=False):
-        result = backup_image(repo, source, tag, platform=platform, progress=tick, remote=c.remote)
+        result = backup_image(
+            repo,
+            source,
+            tag,
+            platform=platform,
+            progress=tick,
+            remote=c.remote,
+            keep_originals=not accept_new_digests,
+        )
         published = publish_names(repo, {tag})  # a registry repository shows TAG as a tag
     for name in published.unpublishable:
         c.warn(f"{name!r} is not a valid registry tag: the image is stored but has no image tag")
@@ -54,12 +72,32 @@ def backup(c: Ctx, source: str, tag: str, platform: str | None) -> None:
         "new_bytes": result.new_bytes,
         "stored_bytes": result.stored_bytes,
         "reproducible_layers": result.reproducible_layers,
+        "kept_layers": result.kept_layers,
+        "kept_bytes": result.kept_bytes,
+        "layer_details": [
+            {
+                "digest": r.digest,
+                "outcome": r.outcome,
+                "reproduced_by": r.how or None,
+                "kept_new_bytes": r.kept_new_bytes,
+                "reused": r.reused,
+            }
+            for r in result.layer_reports
+        ],
     }
-    c.emit(
-        info,
+    lines = [
         f"backed up {source} as {tag}: {result.layers} layer(s), {result.tar_bytes} tar bytes, "
-        f"{result.new_bytes} new, {result.stored_bytes} written (record {result.record_id.short})",
-    )
+        f"{result.new_bytes} new, {result.stored_bytes} written (record {result.record_id.short})"
+    ]
+    for r in result.layer_reports:
+        what = {
+            "reproduced": f"reproduced by {r.how}",
+            "kept": f"kept as stored ({r.kept_new_bytes} new bytes)",
+            "uncompressed": "uncompressed",
+            "new-digest": "will be recompressed (new digest)",
+        }[r.outcome]
+        lines.append(f"  {r.digest[:19]}  {what}{' (already stored)' if r.reused else ''}")
+    c.emit(info, "\n".join(lines))
 
 
 @click.command()
@@ -150,7 +188,21 @@ def tags_cmd(c: Ctx) -> None:
     """List image records (tags)."""
     with c.open() as repo:
         rows = [r for r in api.list_records(repo) if r["type"] == "image"]
-    c.emit(rows, "\n".join(f"{str(r['id'])[:12]}  {r['name']}" for r in rows) or "(no images)")
+        for row in rows:
+            _, body = repo.find_body(str(row["id"]), "image", ImageBody.from_cbor)
+            outcomes = [browse.layer_outcome(layer) for im in body.images for layer in im.layers]
+            row["layers"] = [
+                {"outcome": outcome, "reproduced_by": how or None} for outcome, how in outcomes
+            ]
+            row["exact"] = all(outcome != "new-digest" for outcome, _ in outcomes)
+    lines = []
+    for r in rows:
+        counts: dict[str, int] = {}
+        for layer in r["layers"]:  # type: ignore[attr-defined]
+            counts[layer["outcome"]] = counts.get(layer["outcome"], 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        lines.append(f"{str(r['id'])[:12]}  {r['name']}  ({summary})")
+    c.emit(rows, "\n".join(lines) or "(no images)")
 
 
 @click.command("ls-image")
@@ -217,5 +269,11 @@ def image_stats_cmd(c: Ctx, name: str) -> None:
         s,
         f"{name}: {s['layers']} layer(s), {s['logical_bytes']} bytes of layer tars "
         f"({s['compressed_bytes']} compressed), {s['unique_bytes']} bytes in "
-        f"{s['blobs']} blobs, {s['stored_bytes']} stored",
+        f"{s['blobs']} blobs, {s['stored_bytes']} stored"
+        + "".join(
+            f"\n  {d['digest'][:19]}  {d['outcome']}"
+            + (f" by {d['reproduced_by']}" if d["reproduced_by"] else "")
+            + (f" ({d['kept_stored_bytes']} bytes kept)" if d["outcome"] == "kept" else "")
+            for d in s["layer_details"]
+        ),
     )

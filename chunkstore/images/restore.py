@@ -293,7 +293,8 @@ def _write_images(
             manifest = _rewrite_manifest(manifest, new_digests)
             result.manifest_rewritten = True
             result.notes.append(
-                f"{len(new_digests)} layer(s) could not be recompressed to their original bytes; "
+                f"{len(new_digests)} layer(s) were not given back with their original bytes (the "
+                "backup accepted new digests, or a reproduction failed: see the notes above); "
                 "the manifest was rewritten with the new layer digests (diff_ids and the image "
                 "config, hence the image ID, are unchanged)"
             )

@@ -4,3 +4,7 @@ Each ``_NAME`` module is a C extension built from ``chunkstore/native/_NAME.c`` 
 written here from the algorithms' descriptions, and releasing the GIL while it works. Python code
 reaches them through :mod:`chunkstore.reproduce`, never directly.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

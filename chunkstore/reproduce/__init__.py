@@ -8,3 +8,7 @@
 * :mod:`.catalog`: every family, in the order the search tries them;
 * :mod:`.probe`: the search itself, run on the layer as the backup reads it (no second pass).
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []
