@@ -355,4 +355,11 @@ def test_unreproducible_layer_is_kept_and_restored_exactly(tmp_path: Path) -> No
     again = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "y")
     assert again.reused_layers == 2 and again.kept_bytes == 0
     assert [r.outcome for r in again.layer_reports] == ["kept", "reproduced"]
+    # The kept bytes are reachable: a prune after forgetting the first tag keeps them.
+    api.forget(repo, "x")
+    api.prune(repo, repack_fraction=0.0)
+    assert api.check(repo, read_data=True).ok
+    restore_image(repo, "y", f"oci:{tmp_path / 'out2'}:v1")
+    (back2,) = OCILayout(tmp_path / "out2").resolve("v1")
+    assert back2.manifest_digest == orig.manifest_digest
     repo.close()
