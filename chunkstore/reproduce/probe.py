@@ -80,6 +80,7 @@ class ProbeResult:
 
     reproduce: Reproduce | None
     tried: int
+    #: Compressed bytes fed to the probe: the whole blob when the backup read it to its end.
     original_size: int
 
     @property
@@ -117,6 +118,7 @@ class ReproductionProbe:
         self._room = threading.Semaphore(max(1, max_queued >> 16))
         self._stop = threading.Event()
         self._dead = False  # set by the worker once no candidate is left (feeding may stop)
+        self._original_size = 0  # every original byte fed, even after the worker gave up
         self._error: BaseException | None = None
         self._result: ProbeResult | None = None
         self._thread = threading.Thread(target=self._run, name="chunkstore-probe", daemon=True)
@@ -126,6 +128,7 @@ class ReproductionProbe:
 
     def original(self, data: bytes) -> None:
         """Compressed bytes of the blob, as read, in order."""
+        self._original_size += len(data)
         self._put(True, data)
 
     def plain(self, data: bytes) -> None:
@@ -150,6 +153,8 @@ class ReproductionProbe:
         if self._error is not None:
             raise self._error
         assert self._result is not None
+        if self._result.original_size != self._original_size:
+            return ProbeResult(None, self._result.tried, self._original_size)
         return self._result
 
     def __enter__(self) -> ReproductionProbe:

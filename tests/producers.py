@@ -1,0 +1,136 @@
+"""Real layer compressors for tests: Go's compress/gzip, GNU gzip, pigz, Python's zlib.
+
+Each produces the bytes the real tool writes (the tools are installed by ``tools/setup``). A
+missing tool skips the test on a developer machine and fails it under ``CI=true``, so CI never
+passes by skipping what it is meant to check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+__all__ = ["gnu_gzip", "go_gzip", "pigz", "realistic_tar", "require", "zlib_gzip", "zlib_raw"]
+
+_GO_GZIP = """package main
+
+import (
+	"compress/gzip"
+	"io"
+	"os"
+	"strconv"
+)
+
+func main() {
+	level, _ := strconv.Atoi(os.Args[1])
+	w, err := gzip.NewWriterLevel(os.Stdout, level)
+	if err != nil {
+		panic(err)
+	}
+	if _, err := io.Copy(w, os.Stdin); err != nil {
+		panic(err)
+	}
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+}
+"""
+
+
+def require(tool: str) -> str:
+    """The path of ``tool``; skip without it, or fail under CI (where setup installs it)."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} is not installed (tools/setup installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _go_binary() -> Path:
+    go = require("go")
+    key = hashlib.sha256(_GO_GZIP.encode()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"chunkstore-go-gzip-{key}"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.go").write_text(_GO_GZIP)
+        env = {
+            **os.environ,
+            "GOCACHE": str(Path(tmp) / "cache"),
+            "GOPATH": str(Path(tmp) / "gopath"),
+            "GO111MODULE": "off",
+            "GOFLAGS": "",
+        }
+        built = Path(tmp) / "gogzip"
+        subprocess.run([go, "build", "-o", str(built), "main.go"], cwd=tmp, env=env, check=True)
+        shutil.move(str(built), out)
+    return out
+
+
+def _run(argv: list[str], data: bytes) -> bytes:
+    done = subprocess.run(argv, input=data, capture_output=True, check=True)
+    return done.stdout
+
+
+def go_gzip(data: bytes, level: int = -1) -> bytes:
+    """``gzip.NewWriterLevel(w, level)`` of Go's standard library (Debian's golang-go)."""
+    return _run([str(_go_binary()), str(level)], data)
+
+
+def gnu_gzip(data: bytes, level: int = 6) -> bytes:
+    """``gzip -n -LEVEL``."""
+    return _run([require("gzip"), "-n", f"-{level}", "-c"], data)
+
+
+def pigz(data: bytes, level: int = 6, block_kib: int = 128) -> bytes:
+    """``pigz -n -LEVEL -b BLOCK``."""
+    return _run([require("pigz"), "-n", f"-{level}", "-b", str(block_kib), "-c"], data)
+
+
+def zlib_gzip(data: bytes, level: int = 6) -> bytes:
+    """Python's ``gzip.compress`` (zlib, header mtime 0)."""
+    import gzip
+
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def realistic_tar(limit: int = 3 << 20, root: str = "/usr/share/doc") -> bytes:
+    """A layer-like tar of real files (text, compressed docs, binaries), about ``limit`` bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _files_under(root):
+            data = path.read_bytes()[: 256 << 10]
+            info = tarfile.TarInfo(str(path).lstrip("/"))
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+            if buf.tell() >= limit:
+                break
+    return buf.getvalue()
+
+
+def _files_under(root: str) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                out.append(path)
+    return out
+
+
+def zlib_raw(data: bytes, level: int) -> bytes:
+    """Raw deflate by zlib (for comparisons)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
