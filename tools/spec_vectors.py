@@ -137,7 +137,50 @@ def main() -> None:
             table_sha256=digest,
         )
     )
+    out.extend(_image_vectors())
     print("\n".join(out))
+
+
+def _image_vectors() -> list[str]:
+    """Image record layers (reproduced, kept) and a reproduction (SPEC section 9c)."""
+    from chunkstore.reproduce.catalog import reproduce_blob
+    from index.chunklist import StreamBody
+    from index.image import LayerEntry, Reproduce
+
+    gz = "application/vnd.oci.image.layer.v1.tar+gzip"
+    params: dict[str, int | str | bool] = {
+        "level": 6,
+        "mem_level": 8,
+        "wbits": 15,
+        "strategy": "default",
+    }
+    reproduce = Reproduce("zlib", params, bytes.fromhex("1f8b08000000000000ff"))
+    tar, recipe = str(sha256(b"tar")), sha256(b"recipe")
+    rep = LayerEntry(str(sha256(b"blob")), gz, 4, tar, 3, recipe, "gzip", reproduce=reproduce)
+    kept = LayerEntry(
+        str(sha256(b"blob2")),
+        gz,
+        4,
+        tar,
+        3,
+        recipe,
+        "gzip",
+        original=StreamBody(4, (sha256(b"list"),)),
+    )
+    data = b"hello hello hello\n"
+    output = b"".join(reproduce_blob(iter([data]), "gzip", reproduce))
+    return [
+        block("image-layer-reproduced", cbor_hex=cbor.encode(rep.to_cbor()).hex()),
+        block("image-layer-kept", cbor_hex=cbor.encode(kept.to_cbor()).hex()),
+        block(
+            "reproduce-zlib",
+            input_hex=data.hex(),
+            family="zlib",
+            params=" ".join(f"{k}={v}" for k, v in sorted(params.items())),
+            header_hex=reproduce.header.hex(),
+            output_hex=output.hex(),
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ EXPECTED = {
     "chunker-fastcdc",
     "tree-blob",
     "registry-file-manifest",
+    "image-layer-reproduced",
+    "image-layer-kept",
+    "reproduce-zlib",
 }
 
 
@@ -180,3 +183,39 @@ def test_registry_file_manifest() -> None:
     assert file_tag(handle) == v["tag"]
     manifest = file_manifest(handle, sha256(data), len(data))
     assert hashlib.sha256(manifest).hexdigest() == v["manifest_sha256"]
+
+
+def _params(text: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def test_image_layer_records() -> None:
+    from index.image import LayerEntry
+
+    rep = LayerEntry.from_cbor(
+        cbor.decode(bytes.fromhex(VECTORS["image-layer-reproduced"]["cbor_hex"]), max_size=1 << 16)
+    )
+    assert rep.reproduce is not None and rep.original is None and rep.exact
+    assert rep.reproduce.family == "zlib" and rep.reproduce.header[:2] == b"\x1f\x8b"
+    kept = LayerEntry.from_cbor(
+        cbor.decode(bytes.fromhex(VECTORS["image-layer-kept"]["cbor_hex"]), max_size=1 << 16)
+    )
+    assert kept.reproduce is None and kept.original is not None and kept.original.size == kept.size
+    for name, layer in (("image-layer-reproduced", rep), ("image-layer-kept", kept)):
+        assert cbor.encode(layer.to_cbor()).hex() == VECTORS[name]["cbor_hex"]
+
+
+def test_reproduce_vectors() -> None:
+    from chunkstore.reproduce.catalog import reproduce_blob
+    from index.image import Reproduce
+
+    for name, v in VECTORS.items():
+        if not name.startswith("reproduce-"):
+            continue
+        reproduce = Reproduce(v["family"], _params(v["params"]), bytes.fromhex(v["header_hex"]))  # type: ignore[arg-type]
+        out = b"".join(reproduce_blob(iter([bytes.fromhex(v["input_hex"])]), "gzip", reproduce))
+        assert out.hex() == v["output_hex"], name
