@@ -250,11 +250,12 @@ def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = Non
             failed.append(str(exc))
             continue
         packs.append(IndexedPack(pack_id, info.size, tuple(entries)))
-    new_id = repo.write_index_file(IndexFile(tuple(packs), tuple(old)))
+    written = repo.write_index(packs, old)
+    new_ids = {file_id for file_id, _ in written}
     for file_id in old:
-        if file_id != new_id:
+        if file_id not in new_ids:
             repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
-    repo.index.rebuild([(new_id, IndexFile(tuple(packs), tuple(old)))])
+    repo.index.rebuild(written)
     if failed:
         raise CorruptPack(
             f"index rebuilt from {len(packs)} packs; {len(failed)} unreadable pack(s) left out: "

@@ -8,7 +8,8 @@ Runs under an exclusive lock. Steps, each safe to be killed after (nothing refer
    than ``repack_fraction`` of its bytes unused (repack), else keep. A blob indexed in several packs
    is used in one only;
 3. repack: copy the used blobs' stored bytes (verified, not re-encrypted) into new packs, store them;
-4. store one new index file listing every kept and new pack, superseding all old index files;
+4. store a new index listing every kept and new pack, superseding all old index files (as many
+   files as the index limits need: readers refuse oversized index files);
 5. delete the old index files, then the packs no longer indexed (including unindexed leftovers).
 
 Killed after 3: new packs are unindexed leftovers. After 4: old and new index coexist and agree on
@@ -25,7 +26,7 @@ from chunkstore.blob import BlobType, PackEntry, StoredBlob
 from chunkstore.check import IndexSnapshot
 from chunkstore.errors import CheckFailed
 from chunkstore.pack import PackWriter
-from chunkstore.packindex import IndexedPack, IndexFile
+from chunkstore.packindex import IndexedPack
 from chunkstore.reach import walk
 from chunkstore.repository import Repository
 from index.ids import Digest
@@ -43,6 +44,7 @@ class PruneReport:
     blobs_removed: int = 0
     bytes_freed: int = 0
     index_files_replaced: int = 0
+    index_files_written: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -109,16 +111,19 @@ def prune(
     new_packs = _repack(repo, repack)
     report.packs_written = len(new_packs)
     report.bytes_freed += sum(p.size for p, _ in repack) - sum(p.size for p in new_packs)
-    indexed_now = {p.pack_id for p in keep + new_packs}
-    if new_packs or delete or repack or vanished or len(snap.files) > 1:
+    final = keep + new_packs
+    indexed_now = {p.pack_id for p in final}
+    plan = repo.plan_index(final, sorted(snap.files))
+    if new_packs or delete or repack or vanished or len(snap.files) > len(plan):
         say("writing the new index")
-        new_index = IndexFile(tuple(keep + new_packs), tuple(sorted(snap.files)))
-        new_id = repo.write_index_file(new_index)
+        written = [(repo.write_index_file(part), part) for part in plan]
+        new_ids = {file_id for file_id, _ in written}
         for file_id in snap.files:
-            if file_id != new_id:
+            if file_id not in new_ids:
                 repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
         report.index_files_replaced = len(snap.files)
-        repo.index.rebuild([(new_id, new_index)])
+        report.index_files_written = len(written)
+        repo.index.rebuild(written)
     say("deleting unused packs")
     # A repack can reproduce an existing pack byte for byte (same id): never delete a pack that
     # the current index lists, whatever list it came from.

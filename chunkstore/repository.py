@@ -38,6 +38,7 @@ from chunkstore.chunker import ChunkerParams
 from chunkstore.codec import BlobCodec
 from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
 from chunkstore.errors import (
+    ChunkstoreError,
     CorruptBlob,
     CorruptMetadata,
     IntegrityError,
@@ -51,14 +52,20 @@ from chunkstore.errors import (
 )
 from chunkstore.indexdb import IndexDB
 from chunkstore.pack import PackWriter
-from chunkstore.packindex import IndexedPack, IndexFile, decode_index, encode_index
+from chunkstore.packindex import (
+    IndexedPack,
+    IndexFile,
+    IndexLimits,
+    decode_index,
+    encode_index,
+    split_index,
+)
 from chunkstore.ranges import coalesce
-from index.errors import FormatError, UnsupportedVersion
+from index.errors import FormatError, LimitExceeded, UnsupportedVersion
 from index.ids import Digest
 from index.record import MAX_RECORD_SIZE, Record
 
 __all__ = [
-    "INDEX_ROTATE_BLOBS",
     "META_CACHE_BYTES",
     "LockCheck",
     "PasswordSource",
@@ -70,15 +77,12 @@ log = logging.getLogger("chunkstore")
 
 #: A password, or a function that produces one when (and only when) it is needed.
 PasswordSource = bytes | Callable[[], bytes] | None
-#: Start a new index file once this many blobs are waiting to be indexed.
-INDEX_ROTATE_BLOBS = 50_000
 #: Bound of the on-disk metadata cache of a remote repository (least recently used go first).
 META_CACHE_BYTES = 512 << 20
 #: Files (index files, records) loaded at once when a repository needs all of them.
 _LOAD_WORKERS = 8
 #: Bytes of neighbouring metadata read with a metadata blob a remote repository's cache lacks.
 META_WINDOW = 2 << 20
-_MAX_INDEX_STORED = 256 * 1024 * 1024
 _Key = tuple[BlobType, Digest]
 _T = TypeVar("_T")
 
@@ -120,9 +124,15 @@ class Repository:
         verify_packs: bool = True,
         background_uploads: bool = True,
         created: bool = False,
+        index_limits: IndexLimits | None = None,
     ) -> None:
-        """Use :meth:`open` or :meth:`init` instead of calling this directly."""
+        """Use :meth:`open` or :meth:`init` instead of calling this directly.
+
+        ``index_limits``: the size of index files this process reads and writes (the format's
+        caps by default; tests scale them down).
+        """
         self.backend = backend
+        self.index_limits = index_limits or IndexLimits()
         self.config = config
         self.codec = BlobCodec(config, master)
         self._master = master
@@ -179,6 +189,7 @@ class Repository:
         compression_level: int = 3,
         kdf: crypto.KdfParams = crypto.KDF_FLOOR,
         keys_from: Repository | None = None,
+        index_limits: IndexLimits | None = None,
     ) -> Repository:
         """Create a repository (encrypted when ``password`` is given) and open it.
 
@@ -216,7 +227,7 @@ class Repository:
             cls._write_key(backend, master, password, config.repo_id, kdf)
         # The config is written last: a repository without config does not exist yet.
         backend.save(Handle.config(), config.encode(master.mac if master else None))
-        return cls(backend, config, master, cache_dir, created=True)
+        return cls(backend, config, master, cache_dir, created=True, index_limits=index_limits)
 
     @staticmethod
     def _write_key(
@@ -241,7 +252,12 @@ class Repository:
 
     @classmethod
     def open(
-        cls, backend: Backend, *, cache_dir: Path, password: PasswordSource = None
+        cls,
+        backend: Backend,
+        *,
+        cache_dir: Path,
+        password: PasswordSource = None,
+        index_limits: IndexLimits | None = None,
     ) -> Repository:
         """Open an existing repository; the password is asked for only if it is encrypted."""
         try:
@@ -264,7 +280,7 @@ class Repository:
                 raise CorruptMetadata(
                     "the repository config fails its MAC: it was altered; restore it from a copy"
                 )
-        repo = cls(backend, config, master, cache_dir)
+        repo = cls(backend, config, master, cache_dir, index_limits=index_limits)
         repo.sync_index()
         return repo
 
@@ -358,9 +374,10 @@ class Repository:
 
     def load_index_file(self, file_id: Digest) -> IndexFile:
         """Load, verify and parse one index file."""
-        plain = self.load_file(Handle(FileType.INDEX, file_id.hex), "pack-index", _MAX_INDEX_STORED)
+        cap = self.index_limits.max_bytes
+        plain = self.load_file(Handle(FileType.INDEX, file_id.hex), "pack-index", cap)
         try:
-            return decode_index(plain, self.config.id_algorithm)
+            return decode_index(plain, self.config.id_algorithm, max_size=cap)
         except FormatError as exc:
             raise _format_errors(f"index file {file_id.short}", exc) from exc
 
@@ -437,7 +454,7 @@ class Repository:
             finished = self._finish(prepared.type) if writer.size >= self.config.pack_size else None
         if finished is not None:
             self._submit(finished)
-        if len(self._unindexed) >= INDEX_ROTATE_BLOBS:
+        if len(self._unindexed) >= self.index_limits.max_blobs:
             with self._mutex:
                 self._write_index()
         return True
@@ -535,16 +552,45 @@ class Repository:
     def _write_index(self) -> None:
         if not self._unindexed_packs:
             return
-        index = IndexFile(tuple(self._unindexed_packs))
-        self.write_index_file(index)
+        self.write_index(self._unindexed_packs)
         self._unindexed_packs = []
         self._just_indexed, self._unindexed = set(self._unindexed), {}
 
+    def write_index(
+        self, packs: Iterable[IndexedPack], supersedes: Iterable[Digest] = ()
+    ) -> list[tuple[Digest, IndexFile]]:
+        """Store ``packs`` (already stored) as index files within :attr:`index_limits`.
+
+        Each file supersedes ``supersedes``; returns the files written, in order.
+        """
+        return [(self.write_index_file(part), part) for part in self.plan_index(packs, supersedes)]
+
+    def plan_index(
+        self, packs: Iterable[IndexedPack], supersedes: Iterable[Digest] = ()
+    ) -> list[IndexFile]:
+        """The index files :meth:`write_index` would write (nothing is encoded or written)."""
+        try:
+            return split_index(list(packs), list(supersedes), self.index_limits)
+        except LimitExceeded as exc:
+            raise ChunkstoreError(
+                f"cannot write the pack index: {exc}; nothing was written"
+            ) from exc
+
     def write_index_file(self, index: IndexFile) -> Digest:
-        """Store an index file (its packs must already be stored) and merge it locally."""
+        """Store one index file (its packs must already be stored) and merge it locally.
+
+        An index larger than readers accept (:attr:`index_limits`) is refused before anything is
+        written: use :meth:`write_index`, which splits.
+        """
+        plain = encode_index(index)
+        if len(plain) > self.index_limits.max_bytes:
+            raise ChunkstoreError(
+                f"refusing to write an index file of {len(plain)} bytes: readers accept at most "
+                f"{self.index_limits.max_bytes}; nothing was written (split it with write_index)"
+            )
         if self.lock is not None:
             self.lock.check()
-        file_id = self.save_file(FileType.INDEX, "pack-index", encode_index(index))
+        file_id = self.save_file(FileType.INDEX, "pack-index", plain)
         self.index.add_file(file_id, index)
         self.stats["index_files_written"] += 1
         return file_id

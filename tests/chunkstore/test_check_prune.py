@@ -18,8 +18,16 @@ from chunkstore.backends.memory import MemoryBackend
 from chunkstore.blob import BlobType, Location
 from chunkstore.check import IndexSnapshot
 from chunkstore.chunker import Chunker, ChunkerParams
-from chunkstore.errors import CheckFailed, CorruptBlob, CorruptPack, LockConflict, MissingObject
+from chunkstore.errors import (
+    CheckFailed,
+    ChunkstoreError,
+    CorruptBlob,
+    CorruptPack,
+    LockConflict,
+    MissingObject,
+)
 from chunkstore.lock import acquire_lock, list_locks
+from chunkstore.packindex import IndexFile, IndexLimits, encode_index
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists, store_stream
 from chunkstore.testing.faults import FaultyBackend, SimulatedCrash
@@ -388,6 +396,64 @@ def test_prune_dry_run_changes_nothing(tmp_path: Path) -> None:
     )
     assert snapshot(repo.backend) != before
     repo.close()
+
+
+# Index files scaled down: a few kB instead of 256 MiB, so a handful of packs needs several files.
+SMALL_INDEX = IndexLimits(max_bytes=2048, max_blobs=10_000)
+
+
+def index_plaintext_sizes(repo: Repository) -> list[int]:
+    return [len(encode_index(repo.load_index_file(f))) for f in repo.index_files()]
+
+
+@pytest.mark.parametrize("rewrite", ["prune", "rebuild-index"])
+def test_rewritten_index_files_stay_within_the_readers_cap(rewrite: str, tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    repo = Repository.init(
+        backend,
+        cache_dir=tmp_path / "c0",
+        chunker=PARAMS,
+        pack_size=PACK_SIZE,
+        index_limits=SMALL_INDEX,
+    )
+    api.put(repo, "a", io.BytesIO(A))
+    api.put(repo, "b", io.BytesIO(B))
+    api.put(repo, "c", io.BytesIO(A[:50_000] + B[:50_000]))
+    blobs = len(repo.index)
+    # One index file for every blob would need several times the cap.
+    assert blobs * 50 > 2 * SMALL_INDEX.max_bytes
+    if rewrite == "prune":
+        api.forget(repo, "c")
+        report = api.prune(repo, repack_fraction=0.0)
+        assert report.index_files_written > 1
+    else:
+        api.rebuild_index(repo)
+    sizes = index_plaintext_sizes(repo)
+    assert len(sizes) > 1 and max(sizes) <= SMALL_INDEX.max_bytes
+    # Every new file supersedes every old one, so they are all preferred to any leftover.
+    assert len({repo.load_index_file(f).supersedes for f in repo.index_files()}) == 1
+    repo.close()
+    # A reader with the same cap opens the repository and reads everything.
+    with Repository.open(backend, cache_dir=tmp_path / "c1", index_limits=SMALL_INDEX) as again:
+        assert restore(again, "a") == A and restore(again, "b") == B
+        report_check = api.check(again, read_data=True)
+        assert report_check.ok and report_check.warnings == [], report_check.errors
+        # Nothing to do: the split index is not rewritten again.
+        assert api.prune(again).index_files_written == 0
+
+
+def test_an_index_file_over_the_cap_is_refused_before_anything_is_written(
+    separate: Repository,
+) -> None:
+    snap = IndexSnapshot.load(separate)
+    whole = IndexFile(tuple(snap.packs.values()))
+    separate.index_limits = IndexLimits(max_bytes=len(encode_index(whole)) - 1)
+    before = snapshot(separate.backend)
+    with pytest.raises(ChunkstoreError, match="readers accept at most"):
+        separate.write_index_file(whole)
+    assert snapshot(separate.backend) == before
+    parts = separate.write_index(whole.packs)
+    assert len(parts) == 2
 
 
 def test_prune_needs_an_exclusive_lock(separate: Repository) -> None:

@@ -14,8 +14,11 @@ from chunkstore.packindex import (
     MAX_INDEX_SIZE,
     IndexedPack,
     IndexFile,
+    IndexLimits,
     decode_index,
     encode_index,
+    encoded_index_size,
+    split_index,
 )
 from index import cbor
 from index.errors import FormatError, LimitExceeded, Malformed, UnsupportedVersion
@@ -64,6 +67,66 @@ def test_round_trip(case: tuple[str, IndexFile]) -> None:
     back = decode_index(plain, algorithm)
     assert back == index
     assert encode_index(back) == plain
+
+
+@given(index_files())
+def test_encoded_size_is_computed_exactly(case: tuple[str, IndexFile]) -> None:
+    _, index = case
+    assert encoded_index_size(index) == len(encode_index(index))
+
+
+def many_packs(n: int, blobs: int, seed: int = 0) -> list[IndexedPack]:
+    """``n`` packs of ``blobs`` entries each, with offsets and lengths of every CBOR width."""
+    packs = []
+    for i in range(n):
+        entries, offset = [], 0
+        for j in range(blobs):
+            length = (1, 30, 300, 70_000, 5_000_000_000)[(i + j + seed) % 5]
+            entries.append(PackEntry(BlobType.DATA, Digest("sha256", ID), offset, length, j))
+            offset += length
+        packs.append(
+            IndexedPack(Digest("sha256", bytes([i % 256]) * 32), offset + 8, tuple(entries))
+        )
+    return packs
+
+
+def test_encoded_size_of_large_counts() -> None:
+    sup = [Digest("sha256", bytes([i]) * 32) for i in range(30)]
+    for n, blobs in ((0, 0), (23, 1), (24, 30), (300, 2)):
+        index = IndexFile(tuple(many_packs(n, blobs)), tuple(sup[: n % 31]))
+        assert encoded_index_size(index) == len(encode_index(index))
+
+
+@pytest.mark.parametrize(("max_bytes", "max_blobs"), [(4096, 10_000), (100_000, 25), (2500, 7)])
+def test_split_index_stays_within_the_limits(max_bytes: int, max_blobs: int) -> None:
+    packs = many_packs(60, 6)
+    sup = [Digest("sha256", bytes([i]) * 32) for i in range(5)]
+    limits = IndexLimits(max_bytes=max_bytes, max_blobs=max_blobs)
+    parts = split_index(packs, sup, limits)
+    assert len(parts) > 1
+    assert [p for part in parts for p in part.packs] == packs  # in order, none split or lost
+    for part in parts:
+        assert part.supersedes == tuple(sup)
+        plain = encode_index(part)
+        assert len(plain) <= max_bytes
+        assert decode_index(plain, "sha256", max_size=max_bytes) == part
+        assert sum(len(p.entries) for p in part.packs) <= max(max_blobs, 6)
+    # Nothing is split that need not be.
+    assert split_index(packs[:1], sup, limits) == [IndexFile((packs[0],), tuple(sup))]
+    assert split_index([], sup, limits) == [IndexFile((), tuple(sup))]
+
+
+def test_split_index_refuses_a_pack_no_file_can_hold() -> None:
+    (big,) = many_packs(1, 100)
+    with pytest.raises(LimitExceeded, match="index"):
+        split_index([big], [], IndexLimits(max_bytes=1000))
+
+
+def test_readers_refuse_more_than_their_cap() -> None:
+    plain = encode_index(IndexFile(tuple(many_packs(10, 10))))
+    with pytest.raises(LimitExceeded):
+        decode_index(plain, "sha256", max_size=len(plain) - 1)
+    assert decode_index(plain, "sha256", max_size=len(plain)).packs
 
 
 def test_layout() -> None:

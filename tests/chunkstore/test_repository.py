@@ -13,7 +13,6 @@ from typing import Any
 import lmdb
 import pytest
 
-from chunkstore import repository as repository_module
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
@@ -31,6 +30,7 @@ from chunkstore.errors import (
     UsageError,
     WrongPassword,
 )
+from chunkstore.packindex import IndexLimits
 from chunkstore.repository import Repository
 from chunkstore.testing.faults import FaultyBackend
 from index import cbor
@@ -359,11 +359,16 @@ def test_flush_with_nothing_pending_writes_nothing(tmp_path: Path) -> None:
         assert len(backend.calls("save")) == n == 2
 
 
-def test_index_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(repository_module, "INDEX_ROTATE_BLOBS", 8)
+def test_index_rotation(tmp_path: Path) -> None:
     backend = FaultyBackend(MemoryBackend())
     payloads = [data(300 + i, 3000) for i in range(63)]
-    with init(backend, tmp_path / "c") as repo:
+    with Repository.init(
+        backend,
+        cache_dir=tmp_path / "c",
+        chunker=PARAMS,
+        pack_size=PACK_SIZE,
+        index_limits=IndexLimits(max_blobs=8),
+    ) as repo:
         backend.clear_log()
         ids: list[Digest] = []
         previous = -1  # position of the previous index save in the log
@@ -371,7 +376,7 @@ def test_index_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             batch = payloads[round_ * 21 : round_ * 21 + 20]
             ids += [repo.save_blob(BlobType.DATA, p).id for p in batch]
             # Loading an unflushed blob stores its pack first (one read path), so more than
-            # INDEX_ROTATE_BLOBS stored blobs now wait for an index file ...
+            # max_blobs stored blobs now wait for an index file ...
             assert repo.load_blob(ids[-1]) == batch[-1]
             saves = [h for h in backend.calls("save") if isinstance(h, Handle)]
             assert [h.type for h in saves].count(FileType.INDEX) == round_
