@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -258,35 +259,41 @@ def _write_images(
     for image in body.images:
         result.images += 1
         new_digests: dict[str, tuple[str, int]] = {}
+        wanted = []
         for layer in image.layers:
             result.layers += 1
             if layer.exact and sink.has_blob(Digest.parse(layer.digest), layer.size):
                 result.exact_layers += 1
-                continue
-            with tempfile.TemporaryFile(dir=spool_dir) as spool:
-                h = hashlib.sha256()
-                size = 0
-                for piece in _layer_blob(repo, layer, gzip_level):
-                    h.update(piece)
-                    size += len(piece)
-                    spool.write(piece)
-                digest = Digest("sha256", h.digest())
-                if layer.original is not None and str(digest) != layer.digest:
-                    raise IntegrityError(
-                        f"the kept bytes of layer {layer.digest} hash to {digest}: the "
-                        "repository is damaged; run 'chunkstore check --read-data'"
-                    )
-                sink.add_blob_file(digest, size, spool)
-            if str(digest) == layer.digest:
-                result.exact_layers += 1
-                continue
-            new_digests[layer.digest] = (str(digest), size)
-            if layer.reproduce is not None:
-                result.notes.append(
-                    f"layer {layer.digest} was recorded as reproducible by "
-                    f"{layer.reproduce.family}, but this machine's compressor gave {digest}; "
-                    "please report this with 'chunkstore tags --json' output"
-                )
+            else:
+                wanted.append(layer)
+        # Layers are rebuilt and compressed side by side (the compressors release the GIL),
+        # then handed to the sink in manifest order.
+        with ThreadPoolExecutor(
+            max_workers=_restore_workers(len(wanted)), thread_name_prefix="chunkstore-restore"
+        ) as pool:
+            spools = [
+                pool.submit(_spool_layer, repo, layer, gzip_level, spool_dir) for layer in wanted
+            ]
+            try:
+                for layer, future in zip(wanted, spools, strict=True):
+                    spool, digest, size = future.result()
+                    with spool:
+                        sink.add_blob_file(digest, size, spool)
+                    if str(digest) == layer.digest:
+                        result.exact_layers += 1
+                        continue
+                    new_digests[layer.digest] = (str(digest), size)
+                    if layer.reproduce is not None:
+                        result.notes.append(
+                            f"layer {layer.digest} was recorded as reproducible by "
+                            f"{layer.reproduce.family}, but this machine's compressor gave "
+                            f"{digest}; please report this with 'chunkstore tags --json' output"
+                        )
+            finally:
+                for future in spools:
+                    future.cancel()
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        future.result()[0].close()
         sink.add_blob_bytes(image.config)
         manifest = image.manifest
         if new_digests:
@@ -300,6 +307,35 @@ def _write_images(
             )
         manifests.append((manifest, image))
     return manifests
+
+
+def _restore_workers(layers: int) -> int:
+    return max(1, min(layers, os.cpu_count() or 1, 4))
+
+
+def _spool_layer(
+    repo: Repository, layer: LayerRecord, gzip_level: int, spool_dir: Path | None
+) -> tuple[IO[bytes], Digest, int]:
+    """The compressed blob of ``layer`` in a temporary file (rewound), with its digest and size."""
+    spool = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        h = hashlib.sha256()
+        size = 0
+        for piece in _layer_blob(repo, layer, gzip_level):
+            h.update(piece)
+            size += len(piece)
+            spool.write(piece)
+        digest = Digest("sha256", h.digest())
+        if layer.original is not None and str(digest) != layer.digest:
+            raise IntegrityError(
+                f"the kept bytes of layer {layer.digest} hash to {digest}: the "
+                "repository is damaged; run 'chunkstore check --read-data'"
+            )
+        spool.seek(0)
+        return spool, digest, size
+    except BaseException:
+        spool.close()
+        raise
 
 
 def _layer_blob(repo: Repository, layer: LayerRecord, gzip_level: int) -> Iterator[bytes]:
