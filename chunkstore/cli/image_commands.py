@@ -41,8 +41,21 @@ __all__ = [
     "saves their compressed size, but their restore recompresses them, so the image gets a new "
     "manifest digest (same image ID).",
 )
+@click.option(
+    "--no-detect",
+    is_flag=True,
+    hidden=True,
+    help="Benchmarks: do not look for the layers' compressors (implies --accept-new-digests).",
+)
 @pass_ctx
-def backup(c: Ctx, source: str, tag: str, platform: str | None, accept_new_digests: bool) -> None:
+def backup(
+    c: Ctx,
+    source: str,
+    tag: str,
+    platform: str | None,
+    accept_new_digests: bool,
+    no_detect: bool,
+) -> None:
     """Back up an image as TAG.
 
     SOURCE is oci:DIR[:REF], docker-archive:FILE[:REF], dir:PATH or
@@ -58,7 +71,8 @@ def backup(c: Ctx, source: str, tag: str, platform: str | None, accept_new_diges
             platform=platform,
             progress=tick,
             remote=c.remote,
-            keep_originals=not accept_new_digests,
+            keep_originals=not (accept_new_digests or no_detect),
+            detect=not no_detect,
         )
         published = publish_names(repo, {tag})  # a registry repository shows TAG as a tag
     for name in published.unpublishable:

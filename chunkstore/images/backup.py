@@ -160,6 +160,7 @@ def backup_image(
     progress: Callable[[int], None] | None = None,
     remote: RemoteOptions | None = None,
     keep_originals: bool = True,
+    detect: bool = True,
 ) -> BackupResult:
     """Back up the image(s) at ``source`` under the record name ``tag``.
 
@@ -167,7 +168,9 @@ def backup_image(
     reproduces it (found while the layer is read), or its compressed bytes are stored too
     (deduplicated like any data). ``keep_originals=False`` stores nothing extra for layers
     that no compressor reproduces; their restore then recompresses with default settings and
-    gives the image a new manifest digest (the image ID stays).
+    gives the image a new manifest digest (the image ID stays). ``detect=False`` does not look
+    for the compressors at all (with ``keep_originals=False``: the backup before exact digests;
+    benchmarks use it to measure what detection costs).
 
     ``source`` is ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]``, ``dir:PATH`` or
     ``docker://HOST[:PORT]/NAME[:TAG|@DIGEST]`` (see the module docstring). ``platform`` selects
@@ -179,6 +182,7 @@ def backup_image(
         transport, path, ref = "docker", Path(), None
     else:
         transport, path, ref = parse_source(source)
+    exact = _Exactness(keep_originals, detect)
     entries: list[ImageEntry] = []
     result = BackupResult(record_id=sha256(b""), images=0, layers=0)
     index_bytes: bytes | None = None
@@ -189,9 +193,7 @@ def backup_image(
             layout = OCILayout(path)
             images = layout.resolve(ref, platform)
             for image in images:
-                entries.append(
-                    _backup_one(repo, image, layout.open_blob, storer, result, keep_originals)
-                )
+                entries.append(_backup_one(repo, image, layout.open_blob, storer, result, exact))
             index_desc = _outer_index(images, platform)
             if index_desc is not None:
                 index_bytes = layout.read_blob(index_desc, MAX_MANIFEST_SIZE)
@@ -204,7 +206,7 @@ def backup_image(
                     # Layers already stored are reused before their blob is ever opened, so
                     # they are not downloaded (RegistrySource fetches a layer on first open).
                     entries.append(
-                        _backup_one(repo, image, registry.open_blob, storer, result, keep_originals)
+                        _backup_one(repo, image, registry.open_blob, storer, result, exact)
                     )
                 index_desc = _outer_index(images, platform)
                 if index_desc is not None:
@@ -214,9 +216,7 @@ def backup_image(
             with DockerArchive(path) as archive:
                 image = archive.resolve(ref)
                 _check_platform(image, platform, source)
-                entries.append(
-                    _backup_one(repo, image, archive.open_blob, storer, result, keep_originals)
-                )
+                entries.append(_backup_one(repo, image, archive.open_blob, storer, result, exact))
         else:
             entries.append(_backup_dir(repo, path, platform, storer, result))
         result.images = len(entries)
@@ -250,17 +250,25 @@ def _outer_index(images: list[ImageRef], platform: str | None) -> Descriptor | N
 _OpenBlob = Callable[[Descriptor], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Exactness:
+    keep_originals: bool
+    detect: bool
+
+
 def _ingest_probed(
     repo: Repository,
     open_blob: _OpenBlob,
     desc: Descriptor,
     compression: Compression,
     storer: ChunkStorer,
+    detect: bool,
 ) -> tuple[IngestedLayer, ProbeResult | None]:
     """Ingest one layer blob while a probe finds its compressor from the same read."""
-    if compression == "none":
+    if compression == "none" or not detect:
         with open_blob(desc) as blob:
-            return ingest_layer(repo, blob, storer=storer), None
+            tar = open_decompressed(blob, compression)
+            return ingest_layer(repo, tar, storer=storer), None
     with ReproductionProbe(compression) as probe, open_blob(desc) as blob:
         tar = open_decompressed(TeeReader(blob, probe.original), compression)
         layer = ingest_layer(repo, TeeReader(tar, probe.plain), storer=storer)  # type: ignore[arg-type]
@@ -387,7 +395,7 @@ def _backup_one(
     open_blob: _OpenBlob,
     storer: ChunkStorer,
     result: BackupResult,
-    keep_originals: bool,
+    exact: _Exactness,
 ) -> ImageEntry:
     overlay = Overlay()
     layers: list[LayerRecord] = []
@@ -419,7 +427,7 @@ def _backup_one(
             result.tar_bytes += previous.tar_size
             _count(result, previous, reused=True)
             continue
-        layer, probed = _ingest_probed(repo, open_blob, desc, compression, storer)
+        layer, probed = _ingest_probed(repo, open_blob, desc, compression, storer, exact.detect)
         if str(layer.diff_id) != want_diff:
             raise UsageError(
                 f"layer {desc.digest} decompresses to {layer.diff_id}, but the config says "
@@ -427,13 +435,10 @@ def _backup_one(
             )
         original = None
         kept_new = 0
-        if compression != "none" and probed is not None and probed.reproduce is None:
-            if probed.original_size != desc.size:
-                raise UsageError(
-                    f"layer {desc.digest}: {probed.original_size} compressed bytes were read, "
-                    f"the manifest says {desc.size}; nothing was recorded"
-                )
-            if keep_originals:
+        # A reproduction counts only if the probe saw the whole blob (it compared every byte).
+        reproduce = probed.reproduce if probed and probed.original_size == desc.size else None
+        if compression != "none" and reproduce is None:
+            if exact.keep_originals:
                 before = storer.stats.new_bytes
                 with open_blob(desc) as blob:
                     original = store_with(repo, storer, blob)
@@ -450,7 +455,7 @@ def _backup_one(
             tar_size=layer.size,
             recipe=layer.recipe,
             compression=compression,
-            reproduce=None if probed is None else probed.reproduce,
+            reproduce=reproduce,
             original=original,
         )
         layers.append(record)
