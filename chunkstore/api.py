@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from chunkstore import check as _check
 from chunkstore import prune as _prune
+from chunkstore import reindex as _reindex
 from chunkstore.backends import RemoteOptions, open_backend
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
@@ -228,7 +229,7 @@ def check(
 def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = None) -> int:
     """Rebuild the pack index from pack headers under an exclusive lock."""
     with locked(repo, exclusive=True):
-        return _check.rebuild_index(repo, progress)
+        return _reindex.rebuild_index(repo, progress)
 
 
 def prune(

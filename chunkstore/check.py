@@ -10,6 +10,8 @@
 
 ``check --read-data`` also reads every pack whole: its SHA-256 must be its name and every blob in it
 must decode and verify. Damage is reported by pack and blob, with the records that need them.
+
+``check --rebuild-index`` is :mod:`chunkstore.reindex`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from dataclasses import dataclass, field
 
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import Location
-from chunkstore.errors import ChunkstoreError, CorruptPack
+from chunkstore.errors import ChunkstoreError
 from chunkstore.pack import read_pack_header
 from chunkstore.packindex import IndexedPack, IndexFile
 from chunkstore.reach import walk
 from chunkstore.repository import Repository
-from index.errors import FormatError
 from index.ids import Digest
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "IndexSnapshot",
     "check_repository",
     "load_all_index_files",
-    "rebuild_index",
 ]
 
 
@@ -226,39 +226,3 @@ def _read_pack(
         damaged.add(pack_id)
         if bad > 20:
             report.errors.append(f"pack {pack_id.short}: {bad - 20} more damaged blobs")
-
-
-def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = None) -> int:
-    """Write one new index from every readable pack header, replacing all index files.
-
-    Returns the number of packs indexed. The old index files are removed only after the new one is
-    stored. Packs whose header cannot be read are left out of the new index and reported by raising
-    ``CorruptPack`` afterwards (never skipped silently).
-    """
-    say = progress or (lambda _msg: None)
-    old = repo.index_files()
-    packs: list[IndexedPack] = []
-    failed: list[str] = []
-    for info in repo.backend.list(FileType.PACK):
-        pack_id = Digest.from_hex(info.handle.name)
-        say(f"reading header of pack {pack_id.short}")
-        try:
-            entries = read_pack_header(
-                repo.codec, _reader(repo, info.handle), info.size, f"pack {pack_id.short}"
-            )
-        except (ChunkstoreError, FormatError) as exc:
-            failed.append(str(exc))
-            continue
-        packs.append(IndexedPack(pack_id, info.size, tuple(entries)))
-    written = repo.write_index(packs, old)
-    new_ids = {file_id for file_id, _ in written}
-    for file_id in old:
-        if file_id not in new_ids:
-            repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
-    repo.index.rebuild(written)
-    if failed:
-        raise CorruptPack(
-            f"index rebuilt from {len(packs)} packs; {len(failed)} unreadable pack(s) left out: "
-            + "; ".join(failed[:5])
-        )
-    return len(packs)

@@ -18,7 +18,7 @@ every live blob. After 5 partially: the remaining deletions are redone by the ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from chunkstore.backends.base import FileType, Handle
@@ -31,7 +31,7 @@ from chunkstore.reach import walk
 from chunkstore.repository import Repository
 from index.ids import Digest
 
-__all__ = ["PruneReport", "prune"]
+__all__ = ["PruneReport", "prune", "repack_blobs"]
 
 
 @dataclass(slots=True)
@@ -108,7 +108,7 @@ def prune(
     if dry_run:
         return report
     say(f"repacking {len(repack)} pack(s)")
-    new_packs = _repack(repo, repack)
+    new_packs = repack_blobs(repo, repack)
     report.packs_written = len(new_packs)
     report.bytes_freed += sum(p.size for p, _ in repack) - sum(p.size for p in new_packs)
     final = keep + new_packs
@@ -134,9 +134,18 @@ def prune(
     return report
 
 
-def _repack(
-    repo: Repository, repack: list[tuple[IndexedPack, list[PackEntry]]]
+def repack_blobs(
+    repo: Repository,
+    repack: list[tuple[IndexedPack, list[PackEntry]]],
+    *,
+    damaged: Collection[Digest] = (),
 ) -> list[IndexedPack]:
+    """Copy the ``live`` blobs of each pack into new packs (stored bytes, verified first).
+
+    The new packs are stored (after a lock check each) but not indexed: the caller indexes them.
+    ``damaged``: packs whose stored bytes no longer match their name; a new pack that comes out
+    byte for byte as one of them was meant to be replaces the damaged file.
+    """
     writers: dict[BlobType, PackWriter] = {}
     out: list[IndexedPack] = []
 
@@ -144,7 +153,7 @@ def _repack(
         pack_id, data, entries = writer.finish()
         if repo.lock is not None:
             repo.lock.check()
-        repo.backend.save(Handle(FileType.PACK, pack_id.hex), data)
+        repo.backend.save(Handle(FileType.PACK, pack_id.hex), data, overwrite=pack_id in damaged)
         out.append(IndexedPack(pack_id, len(data), tuple(entries)))
 
     for p, live in repack:

@@ -219,11 +219,114 @@ def test_rebuild_index_reports_unreadable_packs(separate: Repository) -> None:
     with pytest.raises(CorruptPack, match=chunks[0].pack_id.short):
         api.rebuild_index(separate)
     assert list_locks(backend) == []
-    assert restore(separate, "b") == B
-    report = api.check(separate)
-    assert any(chunks[0].pack_id.short in w for w in report.warnings)
-    assert any("'a'" in e and chunks[0].entry.id.short in e for e in report.errors)
-    assert report.damaged_records == ["a"]
+    # The blobs were intact: the old index named them, they verified and now live in a new pack.
+    assert restore(separate, "a") == A and restore(separate, "b") == B
+    report = api.check(separate, read_data=True)
+    assert report.ok, report.errors
+    # All its blobs were salvaged in order: the new pack is the damaged one as it was written.
+    assert report.warnings == []
+    assert backend.load(handle) == raw
+
+
+def damage_header(backend: Backend, pack_id: Digest) -> None:
+    """Make the pack's header unreadable (its first byte), leaving every blob intact."""
+    handle = Handle(FileType.PACK, pack_id.hex)
+    raw = bytearray(backend.load(handle))
+    header_len = int.from_bytes(raw[-8:-4], "little")
+    raw[len(raw) - 8 - header_len] ^= 0x55
+    backend.remove(handle)
+    backend.save(handle, bytes(raw))
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_rebuild_index_keeps_the_blobs_of_a_pack_whose_header_is_damaged(
+    encrypted: bool, tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    repo = Repository.init(
+        backend,
+        cache_dir=tmp_path / "c",
+        password=b"pw" if encrypted else None,
+        chunker=PARAMS,
+        pack_size=PACK_SIZE,
+    )
+    api.put(repo, "a", io.BytesIO(A))
+    api.put(repo, "b", io.BytesIO(B))
+    chunks, lists = locations(repo, "a")
+    victims = {chunks[len(chunks) // 2].pack_id, lists[0].pack_id}  # a data and a metadata pack
+    for pack_id in victims:
+        damage_header(backend, pack_id)
+    assert restore(repo, "a") == A  # readable through the index before the rebuild ...
+    with pytest.raises(CorruptPack, match="salvaged from the old index") as err:
+        api.rebuild_index(repo)
+    assert all(v.short in str(err.value) for v in victims)
+    assert restore(repo, "a") == A and restore(repo, "b") == B  # ... and after it
+    report = api.check(repo, read_data=True)
+    assert report.ok, report.errors
+    # A damaged pack is left unindexed (prune deletes it), or was rewritten as it had been written.
+    for w in report.warnings:
+        assert "not in any index" in w and any(v.short in w for v in victims), w
+    api.prune(repo)
+    assert api.check(repo, read_data=True).warnings == []
+    with Repository.open(
+        backend, cache_dir=tmp_path / "fresh", password=b"pw" if encrypted else None
+    ) as again:
+        assert restore(again, "a") == A
+    repo.close()
+
+
+# Compressible text with incompressible stretches: packs hold zstd-framed and raw blobs.
+WORDS = [
+    bytes(random.Random(i).choices(range(97, 123), k=random.Random(i).randint(2, 9)))
+    for i in range(300)
+]
+MIXED = b"".join(
+    b" ".join(random.Random(i).choices(WORDS, k=1200))
+    + (random.Random(i).randbytes(6000) if i % 3 == 0 else b"")
+    for i in range(12)
+)
+
+
+def test_rebuild_index_scans_a_damaged_pack_when_no_index_names_its_blobs(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    repo = init(backend, tmp_path / "c")
+    api.put(repo, "m", io.BytesIO(MIXED))
+    api.put(repo, "b", io.BytesIO(B))
+    chunks, lists = locations(repo, "m")
+    victims = {c.pack_id for c in chunks} | {lists[0].pack_id}
+    flags = {backend.load(Handle(FileType.PACK, c.pack_id.hex), c.entry.offset, 1) for c in chunks}
+    assert flags == {b"\x00", b"\x01"}  # raw and zstd-framed blobs
+    for pack_id in victims:
+        damage_header(backend, pack_id)
+    for info in list(backend.list(FileType.INDEX)):
+        backend.remove(info.handle)  # no old index can help
+    repo.close()
+    repo = Repository.open(backend, cache_dir=tmp_path / "c2")
+    with pytest.raises(CorruptPack, match="salvaged from the scan"):
+        api.rebuild_index(repo)
+    assert restore(repo, "m") == MIXED and restore(repo, "b") == B
+    report = api.check(repo, read_data=True)
+    assert report.ok, report.errors
+    assert all("not in any index" in w for w in report.warnings)
+    repo.close()
+
+
+def test_rebuild_index_of_an_encrypted_pack_needs_the_old_index(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    repo = Repository.init(
+        backend, cache_dir=tmp_path / "c", password=b"pw", chunker=PARAMS, pack_size=PACK_SIZE
+    )
+    api.put(repo, "a", io.BytesIO(A))
+    chunks, _ = locations(repo, "a")
+    damage_header(backend, chunks[0].pack_id)
+    for info in list(backend.list(FileType.INDEX)):
+        backend.remove(info.handle)
+    with pytest.raises(CorruptPack, match="nothing could be salvaged"):
+        api.rebuild_index(repo)
+    assert not api.check(repo).ok  # reported, never silently dropped
+    # The damaged pack is still there, for whatever better tool may come.
+    assert backend.exists(Handle(FileType.PACK, chunks[0].pack_id.hex))
+    repo.close()
 
 
 # -- prune -----------------------------------------------------------------------------------------
