@@ -81,9 +81,12 @@ void gf_tables_init(void)
                 dist_code_lo[256 + (d >> 7)] = (uint8_t)code;
         }
     }
-    for (int i = 0; i < GF_NLIT; i++)
-        fixed_lit[i].len = i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : 8;
-    canonical(fixed_lit, GF_NLIT);
+    /* RFC 1951's fixed code covers 288 symbols; 286 and 287 are never sent but take codes */
+    gf_code all_fixed[288];
+    for (int i = 0; i < 288; i++)
+        all_fixed[i].len = i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : 8;
+    canonical(all_fixed, 288);
+    memcpy(fixed_lit, all_fixed, sizeof fixed_lit);
     for (int i = 0; i < GF_NDIST; i++)
         fixed_dist[i].len = 5;
     canonical(fixed_dist, GF_NDIST);
