@@ -127,11 +127,12 @@ static PyObject *GzipEncoder_new(PyTypeObject *type, PyObject *args, PyObject *k
 }
 
 static PyObject *PigzEncoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"level", "block_size", "independent", "serial", "threads", NULL};
-    int level = 6, independent = 0, serial = 0, threads = 1;
+    static char *kwlist[] = {"level",  "block_size", "independent", "serial",
+                             "rsyncable", "threads",   NULL};
+    int level = 6, independent = 0, serial = 0, rsyncable = 0, threads = 1;
     Py_ssize_t block_size = 131072;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|in$ppi:PigzEncoder", kwlist, &level,
-                                     &block_size, &independent, &serial, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|in$pppi:PigzEncoder", kwlist, &level,
+                                     &block_size, &independent, &serial, &rsyncable, &threads))
         return NULL;
     if (check_level(level) != 0)
         return NULL;
@@ -149,7 +150,7 @@ static PyObject *PigzEncoder_new(PyTypeObject *type, PyObject *args, PyObject *k
     if (e == NULL)
         return NULL;
     e->kind = KIND_PIGZ;
-    e->state = pz_create(level, (size_t)block_size, independent, serial, threads);
+    e->state = pz_create(level, (size_t)block_size, independent, serial, rsyncable, threads);
     if (e->state == NULL) {
         Py_DECREF(e);
         return PyErr_NoMemory();
@@ -172,7 +173,7 @@ static PyTypeObject PigzEncoderType = {
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "PigzEncoder(level=6, block_size=131072, *, independent=False, serial=False, "
-              "threads=1): pigz 2.6's raw deflate stream over the system zlib.",
+              "rsyncable=False, threads=1): pigz 2.6's raw deflate stream over the system zlib.",
     .tp_new = PigzEncoder_new,
     .tp_dealloc = (destructor)Encoder_dealloc,
     .tp_methods = Encoder_methods,

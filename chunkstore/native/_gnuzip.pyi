@@ -17,6 +17,7 @@ class PigzEncoder:
         *,
         independent: bool = False,
         serial: bool = False,
+        rsyncable: bool = False,
         threads: int = 1,
     ) -> None: ...
     def compress(self, data: bytes | bytearray | memoryview, /) -> bytes: ...

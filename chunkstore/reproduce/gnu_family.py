@@ -9,7 +9,8 @@ Both encoders are native (:mod:`chunkstore.native._gnuzip`), rewritten from how 
 * ``pigz``: pigz's blocks (``-b``, in bytes here: ``-b 128`` is 131072), each deflated by the
   system zlib with the previous 32 KiB as dictionary (``-i``/``--independent``: none), joined on
   byte boundaries. The output does not depend on pigz's thread count, except with ``-p 1``
-  (``serial``), which takes another path that differs at levels 1..3 only. pigz's zlib
+  (``serial``), which takes another path that differs at levels 1..3 only. ``-R``/``--rsyncable``
+  (``rsyncable``) ends pieces where pigz's rolling hash says. pigz's zlib
   reproduction needs a classic zlib (1.2.x/1.3.x), not zlib-ng in compatibility mode.
 
 Both write one gzip member, also for empty input (an empty final block); the header (OS 3,
@@ -121,7 +122,7 @@ class PigzFamily:
 
     def candidates(self, header: bytes) -> list[Candidate]:
         """Default 128 KiB blocks at the levels XFL allows (6 first), then ``-p 1`` where it
-        differs (levels 1..3) and ``--independent`` at the likeliest level.
+        differs (levels 1..3), ``--independent`` and ``--rsyncable`` at the likeliest level.
 
         pigz writes OS 3 and no flags but FNAME and FCOMMENT (``-C``).
         """
@@ -133,11 +134,12 @@ class PigzFamily:
         settings += [self._params(lv, serial=True) for lv in levels if lv <= 3]
         if levels:
             settings.append(self._params(levels[0], independent=True))
+            settings.append(self._params(levels[0], rsyncable=True))
         return [_candidate(self, p) for p in settings]
 
     @staticmethod
     def _params(
-        level: int, *, independent: bool = False, serial: bool = False
+        level: int, *, independent: bool = False, serial: bool = False, rsyncable: bool = False
     ) -> dict[str, ParamValue]:
         params: dict[str, ParamValue] = {
             "level": level,
@@ -146,15 +148,19 @@ class PigzFamily:
         }
         if serial:
             params["serial"] = True
+        if rsyncable:
+            params["rsyncable"] = True
         return params
 
     def open(self, params: Mapping[str, ParamValue]) -> Encoder:
         """An encoder for ``{"level": 1..9, "block_size": bytes, "independent": bool}``.
 
         ``block_size`` is pigz's ``-b`` times 1024 (32 KiB..512 MiB); the optional ``"serial":
-        true`` is ``-p 1``.
+        true`` is ``-p 1``, ``"rsyncable": true`` is ``-R``.
         """
-        _check_keys(params, {"level", "block_size", "independent", "serial"}, self.name)
+        _check_keys(
+            params, {"level", "block_size", "independent", "serial", "rsyncable"}, self.name
+        )
         level = _int_param(params, "level", 1, 9)
         block_size = _int_param(params, "block_size", 32 * 1024, 512 * 1024 * 1024)
         if block_size % 1024:
@@ -163,12 +169,14 @@ class PigzFamily:
         if type(independent) is not bool:
             raise ValueError(f"independent must be a boolean, not {independent!r}")
         serial = _bool_param(params, "serial")
+        rsyncable = _bool_param(params, "rsyncable")
         return _Native(
             _gnuzip.PigzEncoder(
                 level,
                 block_size,
                 independent=independent,
                 serial=serial,
+                rsyncable=rsyncable,
                 threads=1 if serial else _PIGZ_THREADS,
             )
         )

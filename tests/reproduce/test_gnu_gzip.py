@@ -228,6 +228,32 @@ def test_pigz_block_sizes_and_independent(
         assert _body(_real([*cmd, "-p", "1"], path)) == want
 
 
+@pytest.mark.parametrize(
+    ("level", "block_kib", "independent", "serial"),
+    [(6, 128, False, False), (1, 32, False, False), (9, 64, True, False), (2, 128, False, True)],
+)
+def test_pigz_rsyncable(
+    tar_path: Path, level: int, block_kib: int, independent: bool, serial: bool
+) -> None:
+    """``pigz -R``: pieces end at the rolling hash's hits, jobs as pigz's reader cuts them."""
+    pigz = _tool("pigz")
+    data = bytes(150 * KIB) + tar_path.read_bytes()[:1_200_000] + bytes(100 * KIB)
+    path = tar_path.with_name(f"rsync-pigz-{level}.tar")
+    path.write_bytes(data)
+    cmd = [pigz, "-n", "-R", f"-{level}", "-b", str(block_kib)] + (["-i"] if independent else [])
+    cmd += ["-p", "1" if serial else "4"]
+    want = _body(_real(cmd, path))
+    enc = _pigz(
+        level,
+        block_kib * KIB,
+        independent=independent,
+        serial=serial,
+        rsyncable=True,
+        threads=1 if serial else 2,
+    )
+    assert _encode(enc, _pieces(data, _random_cuts(data, block_kib))) == want
+
+
 @pytest.mark.parametrize("name", sorted(SMALL_INPUTS))
 def test_pigz_edge_inputs(small_paths: dict[str, Path], name: str) -> None:
     pigz = _tool("pigz")
@@ -348,6 +374,9 @@ def test_candidates_follow_the_header() -> None:
     # pigz -C writes a comment, gzip never does
     commented = bytes.fromhex("1f8b0810000000000003") + b"note\x00"
     assert gnu.candidates(commented) == [] and pigz.candidates(commented)
+    assert {"level": 6, "block_size": 131072, "independent": False, "rsyncable": True} in [
+        c.params for c in pigz.candidates(default)
+    ]
     assert len(gnu.candidates(default)) <= 8 and len(pigz.candidates(default)) <= 12
 
 
@@ -363,6 +392,7 @@ def test_open_rejects_bad_params() -> None:
         {"block_size": 131073},
         {"independent": 1},
         {"serial": "yes"},
+        {"rsyncable": None},
         {"level": 11},
     ):
         with pytest.raises(ValueError):

@@ -66,7 +66,8 @@ gz_out *gd_output(gd_state *s);
 /* ---- pigz 2.6 over zlib (pigz.c) ---- */
 typedef struct pz_state pz_state;
 /* NULL when out of memory or when zlib refuses the settings. */
-pz_state *pz_create(int level, size_t block_size, int independent, int serial, int threads);
+pz_state *pz_create(int level, size_t block_size, int independent, int serial, int rsyncable,
+                    int threads);
 void pz_destroy(pz_state *s);
 int pz_feed(pz_state *s, const uint8_t *data, size_t len, int final);
 gz_out *pz_output(pz_state *s);
