@@ -8,6 +8,10 @@
 3. read every indexed pack's header and compare it with the index;
 4. load every record and walk every blob it reaches (missing or undecodable: error naming the record).
 
+Before that, temporary files that crashed saves left in a local repository more than
+:data:`~chunkstore.backends.TEMP_FILE_AGE_S` ago are removed (a check holds no lock, so younger ones
+may belong to a running save).
+
 ``check --read-data`` also reads every pack whole: its SHA-256 must be its name and every blob in it
 must decode and verify. Damage is reported by pack and blob, with the records that need them.
 
@@ -20,9 +24,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from chunkstore.backends import remove_temp_files
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import Location
-from chunkstore.errors import ChunkstoreError
+from chunkstore.errors import BackendError, ChunkstoreError
 from chunkstore.pack import read_pack_header
 from chunkstore.packindex import IndexedPack, IndexFile
 from chunkstore.reach import walk
@@ -50,6 +55,7 @@ class CheckReport:
     bytes_read: int = 0
     damaged_packs: list[str] = field(default_factory=list)
     damaged_records: list[str] = field(default_factory=list)
+    temp_files_removed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -69,6 +75,7 @@ class CheckReport:
             "bytes_read": self.bytes_read,
             "damaged_packs": self.damaged_packs,
             "damaged_records": self.damaged_records,
+            "temp_files_removed": self.temp_files_removed,
         }
 
 
@@ -126,6 +133,10 @@ def check_repository(
     """Verify the repository; see the module docstring for what is checked."""
     report = CheckReport()
     say = progress or (lambda _msg: None)
+    try:  # a check holds no lock: only files older than any running save are removed
+        report.temp_files_removed = remove_temp_files(repo.backend, exclusive=False)
+    except BackendError as exc:  # a read-only repository can still be checked
+        report.warnings.append(f"temporary files left by crashed saves were not removed: {exc}")
     say("loading index files")
     snap = IndexSnapshot.load(repo, report)
     packs = snap.packs

@@ -12,6 +12,9 @@ Runs under an exclusive lock. Steps, each safe to be killed after (nothing refer
    files as the index limits need: readers refuse oversized index files);
 5. delete the old index files, then the packs no longer indexed (including unindexed leftovers).
 
+First of all, the temporary files crashed saves left in a local repository are removed (under the
+exclusive lock no save can be running).
+
 Killed after 3: new packs are unindexed leftovers. After 4: old and new index coexist and agree on
 every live blob. After 5 partially: the remaining deletions are redone by the next prune.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from chunkstore.backends import remove_temp_files
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import BlobType, PackEntry, StoredBlob
 from chunkstore.check import IndexSnapshot
@@ -45,6 +49,7 @@ class PruneReport:
     bytes_freed: int = 0
     index_files_replaced: int = 0
     index_files_written: int = 0
+    temp_files_removed: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -64,6 +69,8 @@ def prune(
     say = progress or (lambda _msg: None)
     report = PruneReport(dry_run=dry_run)
     repo.flush()
+    if not dry_run:
+        report.temp_files_removed = remove_temp_files(repo.backend, exclusive=True)
     snap = IndexSnapshot.load(repo)
     present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
     packs = {pid: p for pid, p in snap.packs.items() if present.get(pid) == p.size}

@@ -1,6 +1,6 @@
 """``check --rebuild-index``: a new pack index from the pack headers, salvaging damaged packs.
 
-Runs under an exclusive lock. Steps:
+Runs under an exclusive lock. Steps (after removing the temporary files of crashed saves):
 
 1. load every old index file that still loads (they are the only other record of which blobs a
    pack holds);
@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chunkstore.backends import remove_temp_files
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import BlobType, PackEntry
 from chunkstore.check import CheckReport, IndexSnapshot
@@ -97,6 +98,7 @@ def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = Non
     Returns the number of packs indexed (salvaged blobs count as the new packs holding them).
     """
     say = progress or (lambda _msg: None)
+    remove_temp_files(repo.backend, exclusive=True)
     old = repo.index_files()
     say("loading the old index files")
     snap = IndexSnapshot.load(repo, CheckReport())  # unreadable index files are skipped

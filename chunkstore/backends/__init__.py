@@ -1,20 +1,26 @@
 """Storage backends behind one small interface (see :mod:`chunkstore.backends.base`).
 
 :func:`open_backend` turns a repository location into a backend; wrappers are composed here only.
+:func:`remove_temp_files` removes what crashed saves left in a local repository.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
 from chunkstore.errors import UsageError
 
+if TYPE_CHECKING:
+    from chunkstore.testing.crashpoints import CrashPoint
+
 __all__ = [
+    "TEMP_FILE_AGE_S",
     "Backend",
     "FileInfo",
     "FileType",
@@ -23,7 +29,11 @@ __all__ = [
     "MemoryBackend",
     "RemoteOptions",
     "open_backend",
+    "remove_temp_files",
 ]
+
+#: A temporary file older than this belongs to no running save (a lock's time to live).
+TEMP_FILE_AGE_S = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +50,24 @@ class RemoteOptions:
 def open_backend(location: str | Path, remote: RemoteOptions | None = None) -> Backend:
     """A backend for ``location``: ``local:PATH``, a plain path, or ``registry:HOST[:PORT]/NAME``."""
     remote = remote or RemoteOptions()
-    backend = _open_plain(str(location), remote)
+    point: CrashPoint | None = None
     if remote.crash_point:
-        from chunkstore.testing.crashpoints import ENV_VAR, CrashAtBackend, crash_point_from
+        from chunkstore.testing.crashpoints import ENV_VAR, crash_point_from
 
         point = crash_point_from({ENV_VAR: remote.crash_point})
-        if point is not None:
-            return CrashAtBackend(backend, point)
+    backend = _open_plain(str(location), remote, point)
+    if point is not None and point.op != "temp":
+        from chunkstore.testing.crashpoints import CrashAtBackend
+
+        return CrashAtBackend(backend, point)
     return backend
 
 
-def _open_plain(text: str, remote: RemoteOptions) -> Backend:
+def _open_plain(text: str, remote: RemoteOptions, point: CrashPoint | None) -> Backend:
+    temp_point = point if point is not None and point.op == "temp" else None
     if text.startswith("registry:"):
+        if temp_point is not None:
+            raise UsageError(f"crash point {temp_point.name!r} needs a local repository")
         from chunkstore.backends.registry import open_registry_backend
 
         return open_registry_backend(text[len("registry:") :], remote)
@@ -59,4 +75,29 @@ def _open_plain(text: str, remote: RemoteOptions) -> Backend:
         text = text[len("local:") :]
     if not text:
         raise UsageError("empty repository location")
-    return LocalBackend(Path(text).expanduser())
+    hook: Callable[[Handle, Path], None] | None = None
+    if temp_point is not None:
+        from chunkstore.testing.crashpoints import crash_in_temp_write
+
+        hook = crash_in_temp_write(temp_point)
+    return LocalBackend(Path(text).expanduser(), on_temp_written=hook)
+
+
+def remove_temp_files(backend: Backend, *, exclusive: bool) -> int:
+    """Remove the temporary files crashed saves left in a local repository; returns how many.
+
+    ``exclusive``: the caller holds the exclusive lock (``prune``, ``check --rebuild-index``), so
+    no save can be running and every temporary file is stale, except in ``locks/``, where other
+    processes write their lock files while they try to acquire one. Without it (``check``) only
+    files older than :data:`TEMP_FILE_AGE_S` go. Backends without temporary files (a registry,
+    memory) and wrappers around them have nothing to remove.
+    """
+    inner: object = backend
+    while not isinstance(inner, LocalBackend):
+        inner = getattr(inner, "inner", None)
+        if inner is None:
+            return 0
+    removed = 0
+    if exclusive:
+        removed += inner.cleanup_temp_files(0, skip=(FileType.LOCK,))
+    return removed + inner.cleanup_temp_files(TEMP_FILE_AGE_S)

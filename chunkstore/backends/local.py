@@ -15,7 +15,8 @@ Publishing uses ``os.link``, which fails if the final name exists, so a save nev
 a different file: an existing file with identical bytes makes the save a no-op, different bytes are
 refused with ``UsageError`` (only ``overwrite=True`` uses ``os.replace``). A crash leaves at most
 a ``.tmp-`` file behind; listings ignore such files and :meth:`LocalBackend.cleanup_temp_files`
-removes them. Other unexpected entries are skipped by listings too, but
+removes them (``prune``, ``check`` and ``check --rebuild-index`` call it through
+:func:`chunkstore.backends.remove_temp_files`). Other unexpected entries are skipped by listings too, but
 :meth:`LocalBackend.stray_files` reports them so ``check`` can tell the user.
 
 Native errors are translated: a missing file is ``NotFound``; any other ``OSError`` (no space, I/O
@@ -32,7 +33,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -118,11 +119,18 @@ def _same_content(path: Path, data: bytes) -> bool:
 class LocalBackend:
     """Repository files in a directory tree on a local (or locally mounted) filesystem."""
 
-    __slots__ = ("_root",)
+    __slots__ = ("_on_temp_written", "_root")
 
-    def __init__(self, root: Path | str) -> None:
-        """Use the directory ``root``; nothing is touched until a method is called."""
+    def __init__(
+        self, root: Path | str, *, on_temp_written: Callable[[Handle, Path], None] | None = None
+    ) -> None:
+        """Use the directory ``root``; nothing is touched until a method is called.
+
+        ``on_temp_written(handle, tmp)`` runs when a save's temporary file is written and
+        fsynced, right before it is published (testing: the ``*-temp`` crash points).
+        """
         self._root = Path(root)
+        self._on_temp_written = on_temp_written
 
     @property
     def root(self) -> Path:
@@ -173,6 +181,8 @@ class LocalBackend:
         final = self.path(handle)
         tmp = self._write_temp(handle, final.parent, data)
         try:
+            if self._on_temp_written is not None:
+                self._on_temp_written(handle, tmp)
             if overwrite:
                 try:
                     os.replace(tmp, final)
@@ -288,20 +298,31 @@ class LocalBackend:
             strays += [path for path, info in self._scan(file_type) if info is None]
         return sorted(strays)
 
-    def cleanup_temp_files(self, older_than_seconds: float, *, now: float | None = None) -> int:
+    def cleanup_temp_files(
+        self,
+        older_than_seconds: float,
+        *,
+        now: float | None = None,
+        skip: Collection[FileType] = (),
+    ) -> int:
         """Remove ``.tmp-`` files last modified more than ``older_than_seconds`` ago.
 
         Such files are left by saves interrupted by a crash. Younger ones are kept because a save
-        may still be writing them. Returns how many files were removed.
+        may still be writing them. The directories of the file types in ``skip`` are left alone
+        (the config's temporary files live in the root). Returns how many files were removed.
         """
         if older_than_seconds < 0:
             raise UsageError(f"older_than_seconds must be >= 0, not {older_than_seconds}")
         cutoff = (time.time() if now is None else now) - older_than_seconds
-        dirs = [self._root] + [self._root / t.value for t in FileType if t is not FileType.CONFIG]
+        types = [t for t in FileType if t not in skip]
+        dirs = [self._root / t.value for t in types if t is not FileType.CONFIG]
+        if FileType.CONFIG in types:
+            dirs.append(self._root)
         data = self._root / FileType.PACK.value
         try:
-            with os.scandir(data) as it:
-                dirs += [Path(e.path) for e in it if _FANOUT.match(e.name) and e.is_dir()]
+            if FileType.PACK in types:
+                with os.scandir(data) as it:
+                    dirs += [Path(e.path) for e in it if _FANOUT.match(e.name) and e.is_dir()]
         except FileNotFoundError:
             pass
         except OSError as exc:

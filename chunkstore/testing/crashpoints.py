@@ -1,15 +1,19 @@
 """Crash points: kill the process (``os._exit(137)``) at a named commit step.
 
-A crash point names the command it belongs to and the backend call it stops before:
+A crash point names the command it belongs to and the backend call it stops before (or, for the
+``*-temp`` points of a local repository, the save it stops inside):
 
 =====================  =========  ===========================================================
 name                   command    the process dies right before ...
 =====================  =========  ===========================================================
 ``pack``               put        the first pack is stored (nothing of the put is stored)
 ``pack-2``             put        the second pack is stored (one orphan pack)
+``pack-temp``          put        the first pack is published: its ``.tmp-`` file is written and
+                                  fsynced under the pack directory, not yet linked
 ``index``              put        the index file is stored (every pack stored, none indexed)
 ``record``             put        the record is stored (packs and index stored)
 ``prune-pack``         prune      the first repacked pack is stored
+``prune-pack-temp``    prune      the first repacked pack is published (its ``.tmp-`` file is left)
 ``prune-index``        prune      the new, superseding index file is stored
 ``prune-delete-index`` prune      the first old index file is deleted
 ``prune-delete-pack``  prune      the first unused pack is deleted
@@ -17,23 +21,34 @@ name                   command    the process dies right before ...
 =====================  =========  ===========================================================
 
 :class:`CrashAtBackend` wraps any backend and kills the process at its point (run it in a child
-process). :func:`crash_point_from` reads the point from an environment mapping
-(``CHUNKSTORE_CRASH_AT``), for a caller that owns the environment (the CLI, a test's child
-process); nothing in this module reads ``os.environ`` itself.
+process); a ``temp`` point needs the backend's cooperation: :func:`crash_in_temp_write` is the
+hook a :class:`~chunkstore.backends.local.LocalBackend` calls once a temporary file is written.
+:func:`crash_point_from` reads the point from an environment mapping (``CHUNKSTORE_CRASH_AT``),
+for a caller that owns the environment (the CLI, a test's child process); nothing in this module
+reads ``os.environ`` itself.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.errors import UsageError
 from chunkstore.testing.faults import FaultyBackend
 
-__all__ = ["CRASH_POINTS", "ENV_VAR", "CrashAtBackend", "CrashPoint", "crash_point_from"]
+__all__ = [
+    "CRASH_POINTS",
+    "ENV_VAR",
+    "CrashAtBackend",
+    "CrashPoint",
+    "crash_in_temp_write",
+    "crash_point_from",
+]
 
 #: The environment variable naming a crash point.
 ENV_VAR = "CHUNKSTORE_CRASH_AT"
@@ -41,11 +56,14 @@ ENV_VAR = "CHUNKSTORE_CRASH_AT"
 
 @dataclass(frozen=True, slots=True)
 class CrashPoint:
-    """Die before the ``n``-th ``op`` of a file of ``file_type`` while running ``command``."""
+    """Die before the ``n``-th ``op`` of a file of ``file_type`` while running ``command``.
+
+    ``op`` ``"temp"``: die inside the ``n``-th save, once its temporary file is written.
+    """
 
     name: str
     command: Literal["put", "prune"]
-    op: Literal["save", "remove"]
+    op: Literal["save", "remove", "temp"]
     file_type: FileType
     n: int
 
@@ -55,9 +73,11 @@ CRASH_POINTS: dict[str, CrashPoint] = {
     for p in (
         CrashPoint("pack", "put", "save", FileType.PACK, 1),
         CrashPoint("pack-2", "put", "save", FileType.PACK, 2),
+        CrashPoint("pack-temp", "put", "temp", FileType.PACK, 1),
         CrashPoint("index", "put", "save", FileType.INDEX, 1),
         CrashPoint("record", "put", "save", FileType.RECORD, 1),
         CrashPoint("prune-pack", "prune", "save", FileType.PACK, 1),
+        CrashPoint("prune-pack-temp", "prune", "temp", FileType.PACK, 1),
         CrashPoint("prune-index", "prune", "save", FileType.INDEX, 1),
         CrashPoint("prune-delete-index", "prune", "remove", FileType.INDEX, 1),
         CrashPoint("prune-delete-pack", "prune", "remove", FileType.PACK, 1),
@@ -75,6 +95,26 @@ def crash_point_from(env: Mapping[str, str]) -> CrashPoint | None:
     if point is None:
         raise UsageError(f"unknown crash point {name!r}; expected one of {sorted(CRASH_POINTS)}")
     return point
+
+
+def crash_in_temp_write(
+    point: CrashPoint, *, exit_code: int = 137
+) -> Callable[[Handle, Path], None]:
+    """A ``LocalBackend(on_temp_written=...)`` hook that dies at a ``temp`` crash point."""
+    if point.op != "temp":
+        raise UsageError(f"crash point {point.name!r} is not inside a temporary file write")
+    lock = threading.Lock()
+    countdown = [point.n]
+
+    def hook(handle: Handle, tmp: Path) -> None:
+        if handle.type is not point.file_type:
+            return
+        with lock:
+            countdown[0] -= 1
+            if countdown[0] == 0:
+                os._exit(exit_code)
+
+    return hook
 
 
 class CrashAtBackend(FaultyBackend):

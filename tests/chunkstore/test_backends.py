@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.backends import TEMP_FILE_AGE_S, remove_temp_files
 from chunkstore.backends import local as local_module
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
 from chunkstore.backends.local import LocalBackend
@@ -158,6 +159,38 @@ def test_local_cleanup_removes_only_stale_temp_files(repo: LocalBackend) -> None
     assert _temp_files(root) == []
     with pytest.raises(UsageError):
         repo.cleanup_temp_files(-1)
+
+
+def test_remove_temp_files_under_an_exclusive_lock_spares_only_lock_attempts(
+    repo: LocalBackend,
+) -> None:
+    root = repo.root
+    fresh = [root / "data" / "7f" / ".tmp-pack", root / "index" / ".tmp-index"]
+    lock_attempt = root / "locks" / ".tmp-lock"
+    old_lock = root / "locks" / ".tmp-old-lock"
+    for path in [*fresh, lock_attempt, old_lock]:
+        path.write_bytes(b"x")
+    long_ago = time.time() - TEMP_FILE_AGE_S - 60
+    os.utime(old_lock, (long_ago, long_ago))
+    wrapped = RetryBackend(FaultyBackend(repo), sleep=_no_sleep)
+    # Without the lock (check), a save may be writing them: only the old one goes.
+    assert remove_temp_files(wrapped, exclusive=False) == 1
+    assert _temp_files(root) == sorted([*fresh, lock_attempt])
+    # Under the exclusive lock (prune) no save runs; lock files are still being attempted.
+    assert remove_temp_files(wrapped, exclusive=True) == 2
+    assert _temp_files(root) == [lock_attempt]
+    assert remove_temp_files(MemoryBackend(), exclusive=True) == 0
+
+
+def test_temp_write_hook_runs_with_the_temp_file_complete(repo: LocalBackend) -> None:
+    seen: list[tuple[Handle, bytes]] = []
+    hooked = LocalBackend(
+        repo.root, on_temp_written=lambda h, tmp: seen.append((h, tmp.read_bytes()))
+    )
+    h = handle_for(FileType.PACK, "hooked")
+    hooked.save(h, b"whole content")
+    assert seen == [(h, b"whole content")]
+    assert _temp_files(repo.root) == []
 
 
 def test_local_stray_files_are_skipped_and_reported(repo: LocalBackend) -> None:

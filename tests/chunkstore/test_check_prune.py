@@ -559,6 +559,24 @@ def test_an_index_file_over_the_cap_is_refused_before_anything_is_written(
     assert len(parts) == 2
 
 
+def test_check_and_prune_remove_the_temp_files_of_crashed_saves(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    repo = init(backend, tmp_path / "cache")
+    api.put(repo, "a", io.BytesIO(A))
+    old, young = backend.root / "data" / "00" / ".tmp-old", backend.root / "index" / ".tmp-young"
+    for path in (old, young):
+        path.write_bytes(bytes(PACK_SIZE))
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    report = api.check(repo)
+    assert report.temp_files_removed == 1 and report.ok
+    assert not old.exists() and young.exists()  # a running save may still be writing it
+    assert api.prune(repo, dry_run=True).temp_files_removed == 0 and young.exists()
+    assert api.prune(repo).temp_files_removed == 1  # the exclusive lock: no save is running
+    assert not young.exists()
+    assert restore(repo, "a") == A
+    repo.close()
+
+
 def test_prune_needs_an_exclusive_lock(separate: Repository) -> None:
     backend = separate.backend
     api.forget(separate, "a")

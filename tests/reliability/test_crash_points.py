@@ -5,7 +5,8 @@ or ``prune`` on a copy of one local repository, with ``CHUNKSTORE_CRASH_AT`` nam
 dies there. The parent then does what the next process would: removes the dead process's stale
 lock (without force), runs ``check`` (clean: orphans are warnings only), restores every record,
 runs the interrupted command again, prunes, and expects ``check --read-data`` to be clean with no
-warning and no temporary file left behind.
+warning and no temporary file left behind. The ``*-temp`` points die inside a save, with the pack's
+``.tmp-`` file written: only the cleanup of the next ``prune`` removes it.
 """
 
 from __future__ import annotations
@@ -101,9 +102,17 @@ def test_killed_at_every_commit_step_recovers(point: str, template: Path, tmp_pa
 
     backend = LocalBackend(root)
     after = {t: {i.handle for i in backend.list(t)} for t in before}
+    temps = [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+    if CRASH_POINTS[point].op == "temp":
+        # Died inside the save: a whole pack in its temporary file, never published.
+        assert [p.parent.parent.name for p in temps] == ["data"]
+        assert temps[0].read_bytes()[-4:-1] == b"CSP"  # a whole pack, trailer included
+        assert after[FileType.PACK] == before[FileType.PACK]
+    else:
+        assert temps == []
     if CRASH_POINTS[point].command == "put":
         assert after[FileType.RECORD] == before[FileType.RECORD]  # no record without its data
-        if point in ("pack", "pack-2", "index"):
+        if point in ("pack", "pack-2", "pack-temp", "index"):
             assert after[FileType.INDEX] == before[FileType.INDEX]
     # The dead writer's lock is stale (its pid is gone): removable without force.
     locks = list_locks(backend)
