@@ -877,6 +877,8 @@ gz_out *gd_output(gd_state *s) { return &s->out; }
 /* Keep the unread part of the caller's buffer for the next call (it is less than one refill). */
 static void stash(gd_state *s, source *src) {
     size_t left = src->len - src->pos;
+    if (left == 0)
+        return;
     memcpy(s->pending + s->pending_len, src->data + src->pos, left);
     s->pending_len += left;
     src->pos = src->len;

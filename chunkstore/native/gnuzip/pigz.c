@@ -286,7 +286,8 @@ static int feed_blocks(pz_state *s, const uint8_t *data, size_t len, int final) 
         size_t take = s->block - s->have;
         if (take > len)
             take = len;
-        memcpy(s->buf + DICT + s->have, data, take);
+        if (take)
+            memcpy(s->buf + DICT + s->have, data, take);
         s->have += take;
         data += take;
         len -= take;
@@ -367,6 +368,8 @@ static void drop_hits(pz_state *s, uint64_t upto) {
     size_t k = 0;
     while (k < s->nhits && s->hits[k] <= upto)
         k++;
+    if (k == 0)
+        return;
     memmove(s->hits, s->hits + k, (s->nhits - k) * sizeof(uint64_t));
     s->nhits -= k;
 }
@@ -491,7 +494,7 @@ static int feed_rsync(pz_state *s, const uint8_t *data, size_t len, int final) {
     size_t slice = s->block < ((size_t)4 << 20) ? (size_t)4 << 20 : s->block;
     do {
         size_t take = len < slice ? len : slice;
-        if (s->rlen + take > s->rcap) {
+        if (s->rlen + take > s->rcap || s->rbuf == NULL) {
             size_t cap = s->rcap ? s->rcap : 65536;
             while (cap < s->rlen + take)
                 cap *= 2;
@@ -501,7 +504,8 @@ static int feed_rsync(pz_state *s, const uint8_t *data, size_t len, int final) {
             s->rbuf = p;
             s->rcap = cap;
         }
-        memcpy(s->rbuf + s->rlen, data, take);
+        if (take)
+            memcpy(s->rbuf + s->rlen, data, take);
         s->rlen += take;
         data += take;
         len -= take;
