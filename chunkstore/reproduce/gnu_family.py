@@ -10,8 +10,11 @@ Both encoders are native (:mod:`chunkstore.native._gnuzip`), rewritten from how 
   system zlib with the previous 32 KiB as dictionary (``-i``/``--independent``: none), joined on
   byte boundaries. The output does not depend on pigz's thread count, except with ``-p 1``
   (``serial``), which takes another path that differs at levels 1..3 only. ``-R``/``--rsyncable``
-  (``rsyncable``) ends pieces where pigz's rolling hash says. pigz's zlib
-  reproduction needs a classic zlib (1.2.x/1.3.x), not zlib-ng in compatibility mode.
+  (``rsyncable``) ends pieces where pigz's rolling hash says. Reproducing pigz needs a classic
+  zlib (1.2.x/1.3.x), not zlib-ng in compatibility mode. One corner pigz itself leaves to chance:
+  a last block shorter than 32 KiB after others is deflated by whichever thread is free, and
+  zlib's match finder may peek at that thread's leftovers past the end of the input; the encoder
+  uses a fresh stream there (as pigz does for a one-block input).
 
 Both write one gzip member, also for empty input (an empty final block); the header (OS 3,
 FNAME and MTIME unless ``-n``) is kept verbatim by the caller.
@@ -36,6 +39,9 @@ _MIDDLE_LEVELS = (6, 5, 4, 7, 8, 3, 2)
 
 #: pigz's default block size (-b 128).
 PIGZ_DEFAULT_BLOCK = 128 * 1024
+
+#: pigz's bytes are zlib's: a zlib-ng in compatibility mode ("1.3.0.zlib-ng") deflates otherwise.
+CLASSIC_ZLIB = "zlib-ng" not in _gnuzip.zlib_version()
 
 #: Threads a pigz encoder may use on one call's whole blocks (the output does not depend on it).
 _PIGZ_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -124,10 +130,16 @@ class PigzFamily:
         """Default 128 KiB blocks at the levels XFL allows (6 first), then ``-p 1`` where it
         differs (levels 1..3), ``--independent`` and ``--rsyncable`` at the likeliest level.
 
-        pigz writes OS 3 and no flags but FNAME and FCOMMENT (``-C``).
+        pigz writes OS 3 and no flags but FNAME and FCOMMENT (``-C``). None at all when this
+        machine's zlib is not a classic one (its output could not be reproduced elsewhere).
         """
         parsed = parse_gzip_header(header)
-        if parsed is None or parsed.os != OS_UNIX or parsed.flags & ~(_FNAME | _FCOMMENT):
+        if (
+            not CLASSIC_ZLIB
+            or parsed is None
+            or parsed.os != OS_UNIX
+            or parsed.flags & ~(_FNAME | _FCOMMENT)
+        ):
             return []
         levels = _levels_for(parsed)
         settings: list[dict[str, ParamValue]] = [self._params(lv) for lv in levels]
