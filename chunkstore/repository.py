@@ -10,7 +10,10 @@ Write path (restic's ordering, so a crash never leaves a reference to missing da
 
 Read path: ``lookup`` (IndexDB, or the packs stored since the last index file) -> ranged
 ``backend.load`` -> ``codec.decode`` (verified). ``load_blobs`` groups reads per pack and coalesces
-neighbouring ranges. Only this layer sees pack offsets.
+neighbouring ranges. Only this layer sees pack offsets. The IndexDB is a cache: when a read by id
+(``load_blob``, ``load_blobs``) fails where the cache pointed, the cache is rebuilt from the index
+files (once per open repository) and the read retried where they point, so a damaged cache entry
+costs a re-read of the index, never the read.
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ class Repository:
         self.meta_cache: BlobCache | None = None
         # Metadata locations per pack, sorted by offset (for _meta_window), built on first use.
         self._meta_by_pack: dict[Digest, tuple[list[int], list[Location]]] | None = None
+        self._cache_rebuilt = False  # the IndexDB was rebuilt from the index files (see _heal)
         if getattr(backend, "cache_metadata", False):
             self.meta_cache = BlobCache(
                 self.cache_dir, "meta", self.codec.blob_id, META_CACHE_BYTES
@@ -397,6 +401,40 @@ class Repository:
         return self.index.sync(
             listed, lambda f: loaded[f] if f in loaded else self.load_index_file(f)
         )
+
+    def rebuild_index_cache(self) -> int:
+        """Drop the local index cache and merge every index file again; returns how many."""
+        listed = sorted(self.index_files(), key=lambda d: d.hex)
+        loaded = self._load_all(self.load_index_file, listed)
+        self.index.rebuild(loaded.items())
+        with self._mutex:
+            self._meta_by_pack = None
+        return len(loaded)
+
+    def _heal(self, blob_id: Digest, failed: Location | None, exc: ChunkstoreError) -> Location:
+        """Where the index files put ``blob_id``, when reading it where the cache said failed.
+
+        ``failed`` is the location that failed (None: the cache did not know the blob) and
+        ``exc`` the failure, raised again unless the index files name another location. The
+        cache is rebuilt once per open repository: after that it says what the index files say.
+        """
+        with self._mutex:
+            if not self._cache_rebuilt:
+                self._cache_rebuilt = True
+                log.warning(
+                    "reading blob %s failed (%s); rebuilding the local index cache from the "
+                    "index files in case it is damaged",
+                    blob_id.short,
+                    exc,
+                )
+                self.rebuild_index_cache()
+        loc = self.lookup(blob_id, failed.entry.type if failed is not None else None)
+        if loc is None or loc == failed:
+            raise exc
+        log.warning(
+            "blob %s: the local index cache was wrong; read where the index says", blob_id.short
+        )
+        return loc
 
     def lookup(self, blob_id: Digest, type_: BlobType | None = None) -> Location | None:
         """Where a stored blob of ``type_`` is (any type when None; equal ids are equal bytes).
@@ -634,7 +672,12 @@ class Repository:
 
     def load_blob(self, blob_id: Digest) -> bytes:
         """Load and verify one blob."""
-        return self.load_at(self._locate(blob_id))
+        loc: Location | None = None
+        try:
+            loc = self._locate(blob_id)
+            return self.load_at(loc)
+        except (IntegrityError, MissingObject) as exc:
+            return self.load_at(self._heal(blob_id, loc, exc))
 
     def _cached(self, loc: Location) -> bytes | None:
         if self.meta_cache is None or loc.entry.type is not BlobType.META:
@@ -710,7 +753,10 @@ class Repository:
         extra: set[Digest] = set()  # neighbours read only to be cached (see _meta_window)
         windows: dict[Digest, list[tuple[int, int]]] = {}
         for blob_id in wanted:
-            loc = self._locate(blob_id)
+            try:
+                loc = self._locate(blob_id)
+            except MissingObject as exc:
+                loc = self._heal(blob_id, None, exc)
             if (hit := self._cached(loc)) is not None:
                 yield blob_id, hit
                 continue
@@ -731,16 +777,29 @@ class Repository:
         for pack_id, reads in per_pack.items():
             handle = Handle(FileType.PACK, pack_id.hex)
             for span in coalesce(reads, max_gap=max_gap):
-                buf = self.backend.load(handle, span.offset, span.length)
+                buf: bytes | None = None
+                try:
+                    buf = self.backend.load(handle, span.offset, span.length)
+                except (IntegrityError, MissingObject) as exc:  # the cache named a bad range?
+                    failure: ChunkstoreError = exc
                 for off, length, loc in span.items:
-                    piece = buf[off - span.offset : off - span.offset + length]
-                    if loc.entry.id not in extra:
-                        yield loc.entry.id, self.load_at(loc, piece)  # verified
+                    piece = (
+                        None if buf is None else buf[off - span.offset : off - span.offset + length]
+                    )
+                    if loc.entry.id in extra:
+                        try:
+                            if piece is not None:
+                                self.load_at(loc, piece)  # verified, then cached
+                        except IntegrityError as exc:  # nobody asked for it: its reader will see
+                            log.warning("neighbouring metadata blob not cached: %s", exc)
                         continue
                     try:
-                        self.load_at(loc, piece)  # verified, then cached
-                    except IntegrityError as exc:  # nobody asked for it: its reader will see
-                        log.warning("neighbouring metadata blob not cached: %s", exc)
+                        if piece is None:
+                            raise failure
+                        plain = self.load_at(loc, piece)  # verified
+                    except (IntegrityError, MissingObject) as exc:
+                        plain = self.load_at(self._heal(loc.entry.id, loc, exc))
+                    yield loc.entry.id, plain
 
     def load_many(self, locs: list[Location]) -> dict[Digest, bytes]:
         """The verified plaintext of blobs at ``locs`` (coalesced reads), by id; for walks."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import lmdb
 import pytest
 
+from chunkstore import api
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
@@ -20,7 +22,6 @@ from chunkstore.blob import BlobType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import RepoConfig
 from chunkstore.errors import (
-    ChunkstoreError,
     CorruptBlob,
     CorruptMetadata,
     MissingObject,
@@ -516,6 +517,7 @@ def _read_blob_entry(cache: Path, repo_id: bytes, key: Digest) -> bytes:
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_corrupt_cache_entry_never_serves_wrong_bytes(encrypted: bool, tmp_path: Path) -> None:
+    """A damaged LMDB entry is a cache miss: the index files are read again and the read works."""
     backend = MemoryBackend()
     cache = tmp_path / "cache"
     x, y = data(20, 3000), data(21, 3000)
@@ -525,27 +527,63 @@ def test_corrupt_cache_entry_never_serves_wrong_bytes(encrypted: bool, tmp_path:
         repo.flush()
         repo_id = repo.config.repo_id
     pw = PASSWORD if encrypted else None
+    right = _read_blob_entry(cache, repo_id, ix)
+    damaged = {
+        # A well-formed entry pointing at another blob's bytes: verification catches it.
+        "another blob": _read_blob_entry(cache, repo_id, iy),
+        # Garbage of the wrong size is treated as absent.
+        "garbage": b"garbage",
+        # Random bytes of the right size point to a pack that does not exist (or a bad range).
+        "random": hashlib.sha256(b"z").digest() + bytes(range(25)),
+    }
+    for what, value in damaged.items():
+        _write_blob_entry(cache, repo_id, ix, value)
+        with Repository.open(backend, cache_dir=cache, password=pw) as repo:
+            assert repo.load_blob(ix) == x, what
+            assert repo.load_blob(iy) == y
+        assert _read_blob_entry(cache, repo_id, ix) == right  # the cache was rebuilt
+        _write_blob_entry(cache, repo_id, ix, value)
+        with Repository.open(backend, cache_dir=cache, password=pw) as repo:
+            assert dict(repo.load_blobs([iy, ix])) == {ix: x, iy: y}, what
 
-    # A well-formed entry pointing at another blob's bytes: verification catches it.
-    _write_blob_entry(cache, repo_id, ix, _read_blob_entry(cache, repo_id, iy))
-    with Repository.open(backend, cache_dir=cache, password=pw) as repo:
-        with pytest.raises(CorruptBlob, match=ix.short):
-            repo.load_blob(ix)
-        assert repo.load_blob(iy) == y
 
-    # Garbage of the wrong size is treated as absent.
-    _write_blob_entry(cache, repo_id, ix, b"garbage")
-    with Repository.open(backend, cache_dir=cache, password=pw) as repo:
-        assert repo.lookup(ix) is None
-        with pytest.raises(MissingObject):
-            repo.load_blob(ix)
+def test_a_damaged_cache_entry_does_not_fail_get(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    cache = tmp_path / "cache"
+    payload = data(22, 100_000)
+    with init(backend, cache) as repo:
+        api.put(repo, "f", io.BytesIO(payload))
+        repo_id = repo.config.repo_id
+        chunks = [loc.entry.id for loc in repo.index if loc.entry.type is BlobType.DATA]
+        first, other = chunks[0], chunks[1]
+    _write_blob_entry(cache, repo_id, first, _read_blob_entry(cache, repo_id, other))
+    with Repository.open(backend, cache_dir=cache) as repo:
+        out = io.BytesIO()
+        api.get(repo, "f", out)
+        assert out.getvalue() == payload
 
-    # Random bytes of the right size point to a pack that does not exist (or a bad range).
-    _write_blob_entry(cache, repo_id, ix, hashlib.sha256(b"z").digest() + bytes(range(25)))
-    with Repository.open(backend, cache_dir=cache, password=pw) as repo:
-        with pytest.raises(ChunkstoreError):
-            repo.load_blob(ix)
-        assert repo.load_blob(iy) == y
+
+def test_real_damage_still_fails_after_one_rebuild_of_the_cache(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    cache = tmp_path / "cache"
+    x, y = data(23, 3000), data(24, 3000)
+    with init(inner, cache) as repo:
+        ix = repo.save_blob(BlobType.DATA, x).id
+        iy = repo.save_blob(BlobType.DATA, y).id
+        repo.flush()
+    backend = FaultyBackend(inner)
+    (pack,) = [i.handle for i in inner.list(FileType.PACK)]
+    backend.flip_bit(pack, 40)  # inside x or y, on every read
+    with Repository.open(backend, cache_dir=cache) as repo:
+        backend.clear_log()
+        with pytest.raises(CorruptBlob, match=pack.name[:12]):
+            for blob_id in (ix, iy):
+                repo.load_blob(blob_id)
+        with pytest.raises(CorruptBlob):
+            for blob_id in (ix, iy):
+                repo.load_blob(blob_id)
+        # The index files were listed again once, not on every failure.
+        assert backend.calls("list").count(FileType.INDEX) == 1
 
 
 def test_record_round_trip_and_listing(tmp_path: Path) -> None:
