@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
+from chunkstore.environment import Environment
 from chunkstore.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,13 +39,23 @@ TEMP_FILE_AGE_S = 1800.0
 
 @dataclass(frozen=True, slots=True)
 class RemoteOptions:
-    """How to reach a remote repository: the environment (credentials) and plain HTTP."""
+    """How to reach a remote repository: the environment (credentials) and plain HTTP.
 
-    env: Mapping[str, str] = field(default_factory=dict)
+    The environment holds passwords: it is kept as an :class:`~chunkstore.environment.Environment`
+    (any mapping given is copied into one) and left out of the ``repr``, so neither this object
+    nor a traceback rendered with its local variables can print a secret.
+    """
+
+    env: Mapping[str, str] = field(default_factory=Environment, repr=False)
     plain_http: bool = False
     #: Testing: kill the process at this commit step (``CHUNKSTORE_CRASH_AT``; see
     #: :mod:`chunkstore.testing.crashpoints`).
     crash_point: str | None = None
+
+    def __post_init__(self) -> None:
+        """Keep the environment only in its never-printing form."""
+        if not isinstance(self.env, Environment):
+            object.__setattr__(self, "env", Environment(self.env))
 
 
 def open_backend(location: str | Path, remote: RemoteOptions | None = None) -> Backend:

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from chunkstore import api
 from chunkstore.backends import RemoteOptions
+from chunkstore.environment import Environment
 from chunkstore.errors import UsageError
 from chunkstore.repository import Repository
 
@@ -33,14 +34,14 @@ class Ctx:
     def __init__(
         self, repo: str | None, cache_dir: str | None, as_json: bool, plain_http: bool = False
     ) -> None:
-        env = os.environ
+        env = Environment(os.environ)  # a copy that never prints its values (passwords)
         data_home = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
         cache_home = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         self.location = repo or env.get("CHUNKSTORE_REPO") or str(data_home / "chunkstore" / "repo")
         self.cache_dir = Path(cache_dir or env.get("CHUNKSTORE_CACHE") or cache_home / "chunkstore")
         self.as_json = as_json
         self.remote = RemoteOptions(
-            env=dict(env), plain_http=plain_http, crash_point=env.get("CHUNKSTORE_CRASH_AT")
+            env=env, plain_http=plain_http, crash_point=env.get("CHUNKSTORE_CRASH_AT")
         )
         self.err = Console(stderr=True)
 
