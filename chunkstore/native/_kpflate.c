@@ -70,6 +70,10 @@ typedef struct {
     uint8_t tail[PGZIP_TAIL];
     size_t tail_len;
     kp_buf acc; /* output of the current call */
+    /* threads == 1: blocks are coded as the input comes (their bytes are final as soon as
+     * klauspost would write them), with the tail of the current block kept for the next one */
+    size_t filled; /* bytes of the current block written to streams[0] */
+    uint8_t next_tail[PGZIP_TAIL];
     PyThread_type_lock lock;
 } PgzipObject;
 
@@ -144,8 +148,53 @@ static int run_blocks(PgzipObject *self, const uint8_t *p, int count, int final,
     return rc;
 }
 
+/* Remember the last PGZIP_TAIL bytes written to the current block. */
+static void keep_tail(PgzipObject *self, const uint8_t *p, size_t n) {
+    if (n >= PGZIP_TAIL) {
+        memcpy(self->next_tail, p + n - PGZIP_TAIL, PGZIP_TAIL);
+    } else {
+        memmove(self->next_tail, self->next_tail + n, PGZIP_TAIL - n);
+        memcpy(self->next_tail + PGZIP_TAIL - n, p, n);
+    }
+}
+
+static void stream_start(PgzipObject *self) {
+    kp_stream_reset(self->streams[0], &self->acc, self->tail_len ? self->tail : NULL,
+                    self->tail_len);
+}
+
+/* threads == 1: code the input into the current block right away. */
+static int pg_stream(PgzipObject *self, const uint8_t *p, size_t n) {
+    kp_stream *s = self->streams[0];
+    while (n > 0) {
+        if (self->filled == 0) stream_start(self);
+        size_t k = self->block - self->filled;
+        if (k > n) k = n;
+        kp_stream_write(s, p, k);
+        keep_tail(self, p, k);
+        self->filled += k;
+        p += k;
+        n -= k;
+        if (self->filled == self->block) { /* a whole block is never the last one */
+            kp_stream_flush(s);
+            memcpy(self->tail, self->next_tail, PGZIP_TAIL);
+            self->tail_len = PGZIP_TAIL;
+            self->filled = 0;
+        }
+    }
+    return self->acc.oom ? -1 : 0;
+}
+
+static int pg_stream_end(PgzipObject *self) {
+    if (self->filled == 0) stream_start(self);
+    kp_stream_flush(self->streams[0]);
+    kp_stream_close(self->streams[0]);
+    return self->acc.oom ? -1 : 0;
+}
+
 /* Consume input; whole batches of blocks are compressed as soon as they are complete. */
 static int pg_feed(PgzipObject *self, const uint8_t *p, size_t n) {
+    if (self->threads == 1) return pg_stream(self, p, n);
     size_t batch = self->buf_cap;
     while (n > 0) {
         if (self->buf_len == 0 && n >= batch) {
@@ -218,6 +267,15 @@ static int Pgzip_init(PgzipObject *self, PyObject *args, PyObject *kw) {
     self->block = (size_t)block;
     self->finished = 0;
     self->tail_len = 0;
+    self->filled = 0;
+    if (threads == 1) {
+        self->streams[0] = kp_stream_new(level);
+        if (!self->streams[0]) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        return 0;
+    }
     self->buf_cap = (size_t)threads * (size_t)block;
     self->buf = PyMem_RawMalloc(self->buf_cap);
     if (!self->buf) {
@@ -273,8 +331,12 @@ static PyObject *Pgzip_finish(PgzipObject *self, PyObject *Py_UNUSED(ignored)) {
     if (pg_usable(self)) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        size_t whole = self->buf_len / self->block;
-        rc = run_blocks(self, self->buf, (int)whole, 1, self->buf_len - whole * self->block);
+        if (self->threads == 1) {
+            rc = pg_stream_end(self);
+        } else {
+            size_t whole = self->buf_len / self->block;
+            rc = run_blocks(self, self->buf, (int)whole, 1, self->buf_len - whole * self->block);
+        }
         Py_END_ALLOW_THREADS
         self->finished = 1;
         if (rc < 0) PyErr_NoMemory();

@@ -10,7 +10,9 @@ class PgzipDeflater:
 
     Levels -2 (HuffmanOnly), -1 (default, same as 5), 0 (stored), 1..9; ``block_size`` > 16384.
     ``threads`` blocks are compressed at once (0: up to 4, by CPU count); the output does not
-    depend on it, only when it is returned.
+    depend on it, only when it is returned. With one thread the input is coded as it comes (the
+    bytes of each full 64 KiB window are returned at once); with more, output waits for a batch
+    of ``threads`` whole blocks.
     """
 
     def __init__(self, level: int = -1, block_size: int = 1048576, threads: int = 0) -> None: ...

@@ -122,8 +122,8 @@ class KlauspostFamily:
 
     def _candidate(self, params: dict[str, ParamValue]) -> Candidate:
         def opener() -> Encoder:
-            # One block at a time while probing: output comes a block after its input, so a
-            # wrong candidate is dropped early and each costs one block of memory.
+            # One thread while probing: it codes as the input comes, each 64 KiB window's bytes
+            # final at once, so a wrong candidate drops out early and holds no block buffer.
             return self._open(params, threads=1)
 
         return Candidate(self.name, params, opener)
