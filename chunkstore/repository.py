@@ -63,6 +63,7 @@ from chunkstore.packindex import (
     encode_index,
     split_index,
 )
+from chunkstore.pins import check_pins
 from chunkstore.ranges import coalesce
 from index.errors import FormatError, LimitExceeded, UnsupportedVersion
 from index.ids import Digest
@@ -140,8 +141,14 @@ class Repository:
         self.codec = BlobCodec(config, master)
         self._master = master
         self.cache_dir = cache_dir / config.repo_id.hex()
-        self._pin_mode()
-        self._pin_location(cache_dir, created)
+        # Refuse an unencrypted repository where an encrypted one was used (see pins.py).
+        pinned = check_pins(
+            cache_dir, backend.location, config.repo_id, config.encrypted, created=created
+        )
+        #: What the user should know about this repository's pins (also logged as warnings).
+        self.notices: list[str] = list(pinned.notices)
+        for notice in pinned.notices:
+            log.warning("%s", notice)
         self.index = IndexDB(self.cache_dir / "index", config.id_algorithm)
         self._verify_packs = verify_packs
         self._mutex = threading.RLock()
@@ -307,50 +314,6 @@ class Repository:
         if self._master is None:
             raise UsageError("an unencrypted repository has no keys")
         return self._write_key(self.backend, self._master, password, self.config.repo_id, kdf)
-
-    def _pin_mode(self) -> None:
-        # Remember the encryption mode per repository id, so a repository swapped for an
-        # unencrypted one with the same id is refused rather than silently used.
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        mode_file = self.cache_dir / "mode"
-        mode = "encrypted" if self.config.encrypted else "plain"
-        try:
-            pinned = mode_file.read_text().strip()
-        except FileNotFoundError:
-            mode_file.write_text(mode + "\n")
-            return
-        if pinned != mode:
-            raise CorruptMetadata(
-                f"repository {self.config.repo_id.hex()[:12]} was {pinned} when last used and is "
-                f"now {mode}: refusing to continue (possible tampering); if this is intended, "
-                f"delete {self.cache_dir}"
-            )
-
-    def _pin_location(self, cache_dir: Path, created: bool) -> None:
-        # Remember, per location, whether the repository there was encrypted: a repository
-        # replaced by a fresh unencrypted one (a new id, so _pin_mode cannot tell) is refused
-        # instead of silently receiving unencrypted backups. ``init`` sets the pin.
-        where = hashlib.sha256(self.backend.location.encode()).hexdigest()
-        pin = cache_dir / "locations" / where
-        mode = "encrypted" if self.config.encrypted else "plain"
-        entry = f"{mode} {self.config.repo_id.hex()}\n"
-        try:
-            pinned_mode, pinned_id = pin.read_text().split()
-        except (FileNotFoundError, ValueError):
-            pinned_mode = pinned_id = ""
-        if not created and pinned_mode == "encrypted" and mode == "plain":
-            raise CorruptMetadata(
-                f"the repository at {self.backend.location} was encrypted (id {pinned_id[:12]}) "
-                f"when last used and is now an unencrypted one (id "
-                f"{self.config.repo_id.hex()[:12]}): refusing to use it (it may have been "
-                f"replaced); if this is intended, delete {pin}"
-            )
-        if pin.exists() and pin.read_text() == entry:
-            return
-        pin.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pin.with_name(pin.name + ".tmp")
-        tmp.write_text(entry)
-        os.replace(tmp, pin)
 
     def close(self) -> None:
         """Stop the uploader and close the index cache (does not flush: call :meth:`flush`)."""

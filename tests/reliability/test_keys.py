@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import random
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from chunkstore.chunker import ChunkerParams
 from chunkstore.cli import main
 from chunkstore.codec import BlobCodec
 from chunkstore.config import RepoConfig
-from chunkstore.errors import ChunkstoreError, IntegrityError, WrongPassword
+from chunkstore.errors import ChunkstoreError, CorruptMetadata, IntegrityError, WrongPassword
 from chunkstore.repository import Repository
 from index import cbor
 from index.ids import sha256
@@ -181,6 +185,97 @@ def test_g3_unencrypted_repository_swapped_in_at_a_known_location_is_refused(
     shutil.rmtree(root)
     init(root, cache, password=None).close()
     Repository.open(LocalBackend(root), cache_dir=cache).close()
+
+
+# -- the pins themselves: deleted with the cache, unreadable, from older versions --------------------
+
+
+def location_pin(cache: Path, root: Path) -> Path:
+    return cache / "locations" / hashlib.sha256(str(root).encode()).hexdigest()
+
+
+def test_g3_a_deleted_cache_repins_with_a_visible_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, cache = tmp_path / "repo", tmp_path / "cache"
+    init(root, cache).close()
+    # The cache is deleted (allowed at any time), then the repository is swapped: the client has
+    # nothing left to compare with (the trade-off), and says so instead of staying silent.
+    shutil.rmtree(cache)
+    shutil.rmtree(root)
+    init(root, tmp_path / "attacker-cache", password=None).close()
+    with caplog.at_level(logging.WARNING, logger="chunkstore"):
+        with Repository.open(LocalBackend(root), cache_dir=cache) as repo:
+            (notice,) = repo.notices
+    assert "no local pin" in notice and "plain repository" in notice and "replaced" in notice
+    assert notice in caplog.messages
+    recorded = location_pin(cache, root).read_text()
+    assert "mode: plain" in recorded and "(first use)" in recorded
+    # Pinned now: the next open is quiet.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="chunkstore"):
+        with Repository.open(LocalBackend(root), cache_dir=cache) as repo:
+            assert repo.notices == []
+    assert caplog.messages == []
+
+
+def test_g3_the_cli_prints_the_repin_warning(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    init(root, tmp_path / "cache", password=None).close()
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chunkstore",
+            "--repo",
+            str(root),
+            "--cache-dir",
+            str(tmp_path / "new"),
+            "ls",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert b"no local pin for the repository at" in child.stderr
+
+
+@pytest.mark.parametrize("which", ["location", "id"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "binary", "directory"])
+def test_g3_an_unreadable_pin_is_an_error_never_a_reset(
+    which: str, damage: str, tmp_path: Path
+) -> None:
+    root, cache = tmp_path / "repo", tmp_path / "cache"
+    with init(root, cache) as repo:
+        repo_id = repo.config.repo_id.hex()
+    pin = location_pin(cache, root) if which == "location" else cache / repo_id / "mode"
+    pin.unlink()
+    if damage == "directory":
+        pin.mkdir()
+    else:
+        pin.write_bytes(
+            {"garbage": b"plain but not a pin\n", "empty": b"", "binary": b"\xff" * 9}[damage]
+        )
+    before = pin.read_bytes() if pin.is_file() else None
+    with pytest.raises(CorruptMetadata, match="pin file") as err:
+        Repository.open(LocalBackend(root), cache_dir=cache, password=PASSWORD)
+    assert str(pin) in str(err.value) and "delete the file" in str(err.value)
+    assert (pin.read_bytes() if pin.is_file() else None) == before  # not reset
+
+
+def test_g3_pins_of_earlier_versions_still_protect(tmp_path: Path) -> None:
+    root, cache = tmp_path / "repo", tmp_path / "cache"
+    with init(root, cache) as repo:
+        repo_id = repo.config.repo_id.hex()
+    location_pin(cache, root).write_text(f"encrypted {repo_id}\n")
+    (cache / repo_id / "mode").write_text("encrypted\n")
+    with Repository.open(LocalBackend(root), cache_dir=cache, password=PASSWORD) as repo:
+        assert repo.notices == []
+    shutil.rmtree(root)
+    init(root, tmp_path / "attacker-cache", password=None).close()
+    with pytest.raises(ChunkstoreError, match=r"was encrypted .* now an unencrypted one"):
+        Repository.open(LocalBackend(root), cache_dir=cache).close()
 
 
 # -- G4: no nonce reuse, also after local state is rolled back --------------------------------------
