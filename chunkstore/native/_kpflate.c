@@ -22,6 +22,7 @@
 #define PGZIP_TAIL 16384 /* dictionary handed from one pgzip block to the next */
 #define MAX_THREADS 64
 #define MAX_BLOCK (1 << 30)
+#define AUTO_BATCH ((size_t)64 << 20) /* automatic thread count buffers at most this */
 
 /* ------------------------------------------------------------------ shared helpers */
 
@@ -63,6 +64,7 @@ typedef struct {
     int level;
     int threads;
     int finished;
+    int ready; /* __init__ completed */
     size_t block;
     kp_stream *streams[MAX_THREADS];
     uint8_t *buf; /* pending input: up to `threads` blocks */
@@ -252,16 +254,17 @@ static int Pgzip_init(PgzipObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "threads must be 0 (automatic) .. %d", MAX_THREADS);
         return -1;
     }
-    if (threads == 0) {
+    if (threads == 0) { /* up to 4 by CPU count, and at most AUTO_BATCH bytes of blocks */
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+        while (threads > 1 && (size_t)threads * (size_t)block > AUTO_BATCH) threads--;
     }
-    if (self->lock) { /* __init__ called again: start over */
-        pg_release(self);
-    } else if (!(self->lock = PyThread_allocate_lock())) {
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
         return -1;
     }
+    self->ready = 0;
+    pg_release(self); /* __init__ called again: start over */
     self->level = level;
     self->threads = threads;
     self->block = (size_t)block;
@@ -274,14 +277,15 @@ static int Pgzip_init(PgzipObject *self, PyObject *args, PyObject *kw) {
             PyErr_NoMemory();
             return -1;
         }
-        return 0;
+    } else {
+        self->buf_cap = (size_t)threads * (size_t)block;
+        self->buf = PyMem_RawMalloc(self->buf_cap);
+        if (!self->buf) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
-    self->buf_cap = (size_t)threads * (size_t)block;
-    self->buf = PyMem_RawMalloc(self->buf_cap);
-    if (!self->buf) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    self->ready = 1;
     return 0;
 }
 
@@ -292,7 +296,7 @@ static void Pgzip_dealloc(PgzipObject *self) {
 }
 
 static int pg_usable(PgzipObject *self) {
-    if (!self->lock) {
+    if (!self->ready && !self->finished) {
         PyErr_SetString(PyExc_ValueError, "PgzipDeflater is not initialised");
         return 0;
     }
@@ -303,7 +307,14 @@ static int pg_usable(PgzipObject *self) {
     return 1;
 }
 
+static int has_lock(PyThread_type_lock lock, const char *what) {
+    if (lock) return 1;
+    PyErr_Format(PyExc_ValueError, "%s is not initialised", what);
+    return 0;
+}
+
 static PyObject *Pgzip_compress(PgzipObject *self, PyObject *arg) {
+    if (!has_lock(self->lock, "PgzipDeflater")) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *result = NULL;
@@ -326,6 +337,7 @@ static PyObject *Pgzip_compress(PgzipObject *self, PyObject *arg) {
 }
 
 static PyObject *Pgzip_finish(PgzipObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!has_lock(self->lock, "PgzipDeflater")) return NULL;
     PyObject *result = NULL;
     lock_obj(self->lock);
     if (pg_usable(self)) {
@@ -339,6 +351,7 @@ static PyObject *Pgzip_finish(PgzipObject *self, PyObject *Py_UNUSED(ignored)) {
         }
         Py_END_ALLOW_THREADS
         self->finished = 1;
+        self->ready = 0;
         if (rc < 0) PyErr_NoMemory();
         else result = take_acc(&self->acc);
         pg_release(self);
@@ -442,6 +455,7 @@ static PyObject *df_take(DeflaterObject *self) {
 }
 
 static PyObject *Deflater_compress(DeflaterObject *self, PyObject *arg) {
+    if (!has_lock(self->lock, "Deflater")) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *result = NULL;
@@ -458,6 +472,7 @@ static PyObject *Deflater_compress(DeflaterObject *self, PyObject *arg) {
 }
 
 static PyObject *Deflater_flush(DeflaterObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!has_lock(self->lock, "Deflater")) return NULL;
     PyObject *result = NULL;
     lock_obj(self->lock);
     if (df_usable(self)) {
@@ -471,6 +486,7 @@ static PyObject *Deflater_flush(DeflaterObject *self, PyObject *Py_UNUSED(ignore
 }
 
 static PyObject *Deflater_finish(DeflaterObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!has_lock(self->lock, "Deflater")) return NULL;
     PyObject *result = NULL;
     lock_obj(self->lock);
     if (df_usable(self)) {

@@ -20,7 +20,11 @@
 
 #define MAXD KP_WSIZE                              /* a match's distance must stay below this */
 #define HIST_CAP (KP_CHUNK * 5)                    /* history kept before moving it down */
+#ifndef KP_TEST_CUR_LIMIT /* tests lower it to exercise renumbering */
 #define CUR_LIMIT ((int32_t)(2147483647 - HIST_CAP - KP_CHUNK)) /* renumber before overflow */
+#else
+#define CUR_LIMIT KP_TEST_CUR_LIMIT
+#endif
 #define MARGIN 11                                  /* no match search in the last 11 bytes */
 
 static inline uint32_t hash4(uint64_t u, int bits) {

@@ -15,7 +15,11 @@
 #define MINM 4
 #define MAXM 258
 #define LOOK (MINM + MAXM) /* lookahead kept back unless flushing */
+#ifndef KP_TEST_BASE_LIMIT /* tests lower it to exercise the rebase */
 #define BASE_LIMIT (1 << 28)
+#else
+#define BASE_LIMIT KP_TEST_BASE_LIMIT
+#endif
 
 struct kp_lazy {
     int lazy, nice, chain;
