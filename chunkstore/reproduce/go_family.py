@@ -4,10 +4,11 @@ buildx), docker's legacy builder and ``docker save``, go-containerregistry (cran
 The encoder is :mod:`chunkstore.native._goflate`, a C re-implementation of Go's flate encoder of
 the go1.7 to go1.26 generation (Go 1.27 changed the encoded output, golang/go#75532), verified byte
 for byte against Go 1.19's. Its output is what Go writes when the layer is written and the writer
-closed, and it does not depend on how our caller cuts the input. Go's own output almost never
-depends on its Write sizes either; the one exception is a match found between a window slide that a
-short Write brought forward and the next one, at a distance over 32506 bytes (a rebuilt layer then
-differs; archive/tar streaming real trees into the writer gave identical output in our checks).
+closed in one go (or in Writes that keep its window full, such as io.Copy's 32 KiB ones), and it
+does not depend on how our caller cuts the input. Go's own output almost never depends on its Write
+sizes either. The exception: when a Write ends just so, Go slides its window one position early, and
+a match at that one position reaching back more than 32506 bytes is lost; such a layer cannot be
+rebuilt. (archive/tar streaming real trees into the writer gave identical output in our checks.)
 
 Go's gzip header: flags 0 unless Name, Comment or Extra were set, MTIME 0 unless ModTime was set,
 XFL 2 at BestCompression (9), 4 at BestSpeed (1), else 0, and OS 255 unless the caller changed it.
