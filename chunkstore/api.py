@@ -24,7 +24,7 @@ from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.copy import CopyResult, copy_records
-from chunkstore.errors import UsageError
+from chunkstore.errors import MissingObject, UsageError
 from chunkstore.lock import acquire_lock
 from chunkstore.publish import PublishReport, publish_names
 from chunkstore.repository import PasswordSource, Repository
@@ -180,11 +180,16 @@ def publish(repo: Repository, names: set[str] | None = None) -> PublishReport:
 
 
 def forget(repo: Repository, name: str) -> list[str]:
-    """Delete every record named ``name`` (data stays until ``prune``); returns their ids."""
+    """Delete every record named ``name`` (data stays until ``prune``); returns their ids.
+
+    ``MissingObject`` when no record has that name (an id prefix is not a name).
+    """
     with locked(repo, exclusive=False):
         ids = [rid for rid, rec in repo.list_records() if rec.name == name]
-        if not ids:
-            repo.find_record(name)  # raises a clear MissingObject
+        if not ids:  # (never an id prefix: forget takes names only)
+            raise MissingObject(
+                f"no record named {name!r}; nothing was forgotten ('chunkstore ls' lists them)"
+            )
         for rid in ids:
             repo.remove_record(rid)
         publish_names(repo, {name})

@@ -28,7 +28,7 @@ from chunkstore.backends import remove_temp_files
 from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import BlobType, PackEntry, StoredBlob
 from chunkstore.check import IndexSnapshot
-from chunkstore.errors import CheckFailed
+from chunkstore.errors import CheckFailed, UsageError
 from chunkstore.pack import PackWriter
 from chunkstore.packindex import IndexedPack
 from chunkstore.reach import walk
@@ -65,11 +65,18 @@ def prune(
     dry_run: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PruneReport:
-    """Remove unreferenced data; the caller holds an exclusive lock."""
+    """Remove unreferenced data; the caller holds an exclusive lock (checked before every
+    deletion). ``repack_fraction`` must lie in [0, 1]."""
+    if not 0.0 <= repack_fraction <= 1.0:  # NaN fails too
+        raise UsageError(
+            f"the repack fraction must be between 0 and 1 (the share of a pack's bytes that may "
+            f"be unused before it is repacked), not {repack_fraction}"
+        )
     say = progress or (lambda _msg: None)
     report = PruneReport(dry_run=dry_run)
     repo.flush()
     if not dry_run:
+        repo.check_lock()
         report.temp_files_removed = remove_temp_files(repo.backend, exclusive=True)
     snap = IndexSnapshot.load(repo)
     present = {Digest.from_hex(i.handle.name): i.size for i in repo.backend.list(FileType.PACK)}
@@ -127,6 +134,7 @@ def prune(
         new_ids = {file_id for file_id, _ in written}
         for file_id in snap.files:
             if file_id not in new_ids:
+                repo.check_lock()
                 repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
         report.index_files_replaced = len(snap.files)
         report.index_files_written = len(written)
@@ -137,6 +145,7 @@ def prune(
     doomed = [p.pack_id for p in delete] + [p.pack_id for p, _ in repack] + orphans
     for pid in dict.fromkeys(doomed):
         if pid not in indexed_now:
+            repo.check_lock()
             repo.backend.remove(Handle(FileType.PACK, pid.hex))
     return report
 
@@ -158,8 +167,7 @@ def repack_blobs(
 
     def write(writer: PackWriter) -> None:
         pack_id, data, entries = writer.finish()
-        if repo.lock is not None:
-            repo.lock.check()
+        repo.check_lock()
         repo.backend.save(Handle(FileType.PACK, pack_id.hex), data, overwrite=pack_id in damaged)
         out.append(IndexedPack(pack_id, len(data), tuple(entries)))
 

@@ -98,6 +98,7 @@ def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = Non
     Returns the number of packs indexed (salvaged blobs count as the new packs holding them).
     """
     say = progress or (lambda _msg: None)
+    repo.check_lock()
     remove_temp_files(repo.backend, exclusive=True)
     old = repo.index_files()
     say("loading the old index files")
@@ -129,6 +130,7 @@ def rebuild_index(repo: Repository, progress: Callable[[str], None] | None = Non
     new_ids = {file_id for file_id, _ in written}
     for file_id in old:
         if file_id not in new_ids:
+            repo.check_lock()
             repo.backend.remove(Handle(FileType.INDEX, file_id.hex))
     repo.index.rebuild(written)
     if failed:

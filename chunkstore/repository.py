@@ -315,6 +315,14 @@ class Repository:
             raise UsageError("an unencrypted repository has no keys")
         return self._write_key(self.backend, self._master, password, self.config.repo_id, kdf)
 
+    def check_lock(self) -> None:
+        """Raise ``LockConflict`` if a lock was taken for this repository and has been lost.
+
+        Called before every commit step and before every deletion (prune, index rebuild).
+        """
+        if self.lock is not None:
+            self.lock.check()
+
     def close(self) -> None:
         """Stop the uploader and close the index cache (does not flush: call :meth:`flush`)."""
         if self._uploads is not None:

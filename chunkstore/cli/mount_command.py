@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from chunkstore.cli.context import Ctx, parse_size, pass_ctx
+from chunkstore.fsutil import write_file_atomically
 
 __all__ = ["mount_cmd"]
 
@@ -90,7 +91,6 @@ def mount_cmd(
     with c.open() as repo:
         stats = mount_image(repo, name, mountpoint, config, platform=platform, on_ready=ready)
     if stats_file is not None:
-        tmp = stats_file.with_name(stats_file.name + ".tmp")
-        tmp.write_text(json.dumps(stats.to_json(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(stats_file)
+        text = json.dumps(stats.to_json(), indent=2, sort_keys=True) + "\n"
+        write_file_atomically(stats_file, text.encode())
     c.say(f"unmounted {mountpoint}")

@@ -17,6 +17,7 @@ from chunkstore.chunker import ChunkerParams
 from chunkstore.cli.context import Ctx, parse_size, pass_ctx
 from chunkstore.config import DEFAULT_PACK_SIZE
 from chunkstore.errors import EXIT_CODES, CheckFailed, UsageError
+from chunkstore.fsutil import atomic_file
 from chunkstore.lock import list_locks, remove_all_locks, remove_stale_locks
 
 __all__ = [
@@ -178,15 +179,9 @@ def get(c: Ctx, name: str, output: str) -> None:
         if output == "-":
             api.get(repo, name, sys.stdout.buffer)
             return
-        tmp = Path(output + ".chunkstore-partial")
-        try:
-            with open(tmp, "wb") as f:
-                n = api.get(repo, name, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Published whole or not at all: temporary file, fsync, rename, directory fsync.
+        with atomic_file(Path(output), tmp=Path(output + ".chunkstore-partial")) as f:
+            n = api.get(repo, name, f)
     c.say(f"wrote {n} bytes to {output}")
 
 
@@ -256,7 +251,13 @@ def check_cmd(c: Ctx, read_data: bool, rebuild_index: bool) -> None:
 
 @click.command("prune")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-@click.option("--repack-fraction", default=0.3, show_default=True, type=float)
+@click.option(
+    "--repack-fraction",
+    default=0.3,
+    show_default=True,
+    type=float,
+    help="Repack a pack when more than this share (0 to 1) of its bytes is unused.",
+)
 @pass_ctx
 def prune_cmd(c: Ctx, dry_run: bool, repack_fraction: float) -> None:
     """Remove data no record references; repack mostly-unused packs."""

@@ -32,6 +32,7 @@ from typing import IO, Any, BinaryIO
 
 from chunkstore import jsonsafe
 from chunkstore.errors import BackendError, MissingObject, UsageError
+from chunkstore.fsutil import atomic_file
 from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, parse_sha256
 from chunkstore.images.oci_layout import (
     DOCKER_CONFIG,
@@ -395,7 +396,7 @@ def write_docker_archive(
     config_digest = sha256(config_bytes)
     tmp = path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}"
     try:
-        with open(tmp, "xb") as f:
+        with atomic_file(path, tmp=tmp) as f:  # fsync, rename, directory fsync
             _add_bytes(f, f"blobs/sha256/{config_digest.hex}", config_bytes)
             descriptors = []
             written: dict[Digest, int] = {}
@@ -445,14 +446,5 @@ def write_docker_archive(
             ]
             _add_bytes(f, "manifest.json", json.dumps(docker_manifest).encode())
             f.write(b"\x00" * (2 * tarfile.BLOCKSIZE))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
-        raise
+    except OSError as exc:
+        raise BackendError(f"cannot write {path}: {exc.strerror}") from exc

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from chunkstore import api
+from chunkstore import prune as prune_module
+from chunkstore import reindex as reindex_module
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
@@ -25,6 +27,7 @@ from chunkstore.errors import (
     CorruptPack,
     LockConflict,
     MissingObject,
+    UsageError,
 )
 from chunkstore.lock import acquire_lock, list_locks
 from chunkstore.packindex import IndexFile, IndexLimits, encode_index
@@ -575,6 +578,87 @@ def test_check_and_prune_remove_the_temp_files_of_crashed_saves(tmp_path: Path) 
     assert not young.exists()
     assert restore(repo, "a") == A
     repo.close()
+
+
+class LostOnceIndexed:
+    """A held lock that is lost (as by a missed refresh) once a new index file is stored."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.before = set(backend.list(FileType.INDEX))
+
+    def check(self) -> None:
+        if set(self.backend.list(FileType.INDEX)) - self.before:
+            raise LockConflict("the lock was lost: its refresh is overdue")
+
+
+class Lost:
+    def check(self) -> None:
+        raise LockConflict("the lock was lost: its refresh is overdue")
+
+
+def test_prune_checks_its_lock_before_deleting_anything(tmp_path: Path) -> None:
+    # Only orphan packs to delete (no index to rewrite): the lock is still checked first.
+    repo = init(MemoryBackend(), tmp_path / "cache")
+    api.put(repo, "a", io.BytesIO(A))
+    faulty = FaultyBackend(repo.backend)
+    writer = Repository.open(faulty, cache_dir=tmp_path / "writer")
+    writer.save_blob(BlobType.DATA, random.Random(3).randbytes(30_000))
+    faulty.crash_after_saves(FileType.INDEX, 1)
+    with pytest.raises(SimulatedCrash):
+        writer.flush()  # leaves an orphan pack
+    writer.close()
+    before = snapshot(repo.backend)
+    repo.lock = Lost()
+    with pytest.raises(LockConflict):
+        prune_module.prune(repo)
+    assert snapshot(repo.backend) == before
+    repo.lock = None
+    assert api.prune(repo).packs_deleted == 1
+
+    # With an index to rewrite: lost after the new index is stored, before any deletion.
+    api.put(repo, "b", io.BytesIO(B))
+    api.forget(repo, "a")
+    packs = set(repo.backend.list(FileType.PACK))
+    old_index = set(repo.backend.list(FileType.INDEX))
+    repo.lock = LostOnceIndexed(repo.backend)
+    with pytest.raises(LockConflict):
+        prune_module.prune(repo)
+    assert set(repo.backend.list(FileType.PACK)) == packs  # nothing deleted
+    assert old_index <= set(repo.backend.list(FileType.INDEX))
+    repo.lock = None
+    assert restore(repo, "b") == B
+    assert api.prune(repo).packs_deleted > 0 and api.check(repo, read_data=True).ok
+    repo.close()
+
+
+def test_rebuild_index_checks_its_lock_before_deleting_index_files(separate: Repository) -> None:
+    old_index = set(separate.backend.list(FileType.INDEX))
+    separate.lock = LostOnceIndexed(separate.backend)
+    with pytest.raises(LockConflict):
+        reindex_module.rebuild_index(separate)
+    assert old_index <= set(separate.backend.list(FileType.INDEX))
+    separate.lock = None
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.01, 30.0, float("nan"), float("inf")])
+def test_repack_fraction_out_of_range_is_a_usage_error(
+    separate: Repository, fraction: float
+) -> None:
+    api.forget(separate, "a")
+    before = snapshot(separate.backend)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        api.prune(separate, repack_fraction=fraction)
+    assert snapshot(separate.backend) == before
+    assert list_locks(separate.backend) == []
+
+
+def test_forget_of_a_name_nothing_has_is_an_error(separate: Repository) -> None:
+    (rid, _), _ = separate.list_records()
+    for name in ("nosuch", rid.hex[:12], rid.hex):  # an id (prefix) is not a name
+        with pytest.raises(MissingObject, match="no record named"):
+            api.forget(separate, name)
+    assert [r.name for _, r in separate.list_records()] == ["a", "b"]
 
 
 def test_prune_needs_an_exclusive_lock(separate: Repository) -> None:

@@ -166,6 +166,13 @@ def test_forget_and_prune(cli: Cli) -> None:
     assert len(removed) == 1
     assert [r["name"] for r in cli.json("ls")] == ["b"]
     cli("forget", "a", code=15)  # no such record any more
+    # An id prefix is not a name: nothing is forgotten, and it says so.
+    b_id = cli.json("ls")[0]["id"]
+    refused = cli("forget", b_id[:12], code=15)
+    assert "no record named" in refused.stderr and "nothing was forgotten" in refused.stderr
+    assert [r["name"] for r in cli.json("ls")] == ["b"]
+    bad = cli("prune", "--repack-fraction", "1.5", code=2)
+    assert "between 0 and 1" in bad.stderr
 
     dry = cli.json("prune", "--dry-run")
     assert dry["dry_run"] is True and dry["packs_deleted"] > 0
