@@ -26,6 +26,7 @@ from chunkstore.errors import (
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists
 from chunkstore.testing.faults import FaultyBackend
+from index import cbor
 from index.chunklist import StreamBody
 from index.ids import Digest
 
@@ -262,6 +263,29 @@ def test_pack_verification_before_upload(tmp_path: Path, monkeypatch: pytest.Mon
         repo.flush()  # the good blob is stored, the damaged one never was
         assert repo.load_blob(good) == b"fine " * 1000
         assert repo.lookup(bad_id) is None
+
+
+def test_a_pack_header_that_does_not_read_back_is_never_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC.md §5: the header is parsed back from the finished pack bytes before the pack is
+    stored (blobs were each verified when they were encoded, see the test above)."""
+    faulty = FaultyBackend(MemoryBackend())
+    with init(faulty, tmp_path / "c0") as repo:
+        repo.save_blob(BlobType.DATA, random.Random(9).randbytes(5000))
+        real = repo.codec.encode_file
+
+        def lying_header(role: str, plaintext: bytes) -> bytes:
+            if role == "pack-header":  # a header that lists another blob id
+                rows = cbor.decode(plaintext, max_size=1 << 20)
+                rows["data"][0][1] = bytes(32)
+                plaintext = cbor.encode(rows)
+            return real(role, plaintext)
+
+        monkeypatch.setattr(repo.codec, "encode_file", lying_header)
+        with pytest.raises(IntegrityError, match="does not read back"):
+            repo.flush()
+        assert list(faulty.inner.list(FileType.PACK)) == []
 
 
 def test_pack_verification_stops_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
