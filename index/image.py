@@ -13,6 +13,7 @@ The body of a record of type ``"image"`` (see :mod:`index.record`), version 2::
              "platform": tstr / null,                             e.g. "linux/amd64"
              "root": ref,                                         merged root tree (index/tree.py)
              "root_meta": [mode, uid, gid, mtime_ns] / null,      the root directory itself
+             ? "view_notes": [tstr, ...],                         version 3 only (see below)
              "layers": [layer, ...]}
 
     layer = {"digest": tstr, "media_type": tstr, "size": uint,   the blob as it was shipped
@@ -28,6 +29,11 @@ A layer is given back exactly when ``compression`` is ``"none"`` (the tar is the
 ``reproduce`` names a compressor family and its settings (``header`` is the gzip member header
 verbatim, empty for zstd), or when ``original`` holds the compressed blob itself as a chunked
 stream (:mod:`index.chunklist`); at most one of ``reproduce`` and ``original`` is set.
+
+``view_notes`` (non-empty when present) says what the merged root tree leaves out of the layers,
+or shows although docker and containerd would refuse it (:mod:`chunkstore.images.layerview`). A
+body is written as version 3 only when an image has view notes, else as version 2, so that most
+records stay readable by version 2 readers; a version 2 reader refuses a version 3 body.
 
 Version 1 bodies (no ``version`` key, no ``original``, ``reproduce`` in the zlib/libzstd-only form
 ``{"compression", "level", "mem_level", "header" (hex)}`` or ``{"compression", "level",
@@ -48,10 +54,20 @@ from index.chunklist import StreamBody
 from index.errors import Malformed, UnsupportedVersion
 from index.ids import Digest
 
-__all__ = ["IMAGE_BODY_VERSION", "ImageBody", "ImageEntry", "LayerEntry", "Reproduce"]
+__all__ = [
+    "IMAGE_BODY_VERSION",
+    "MAX_IMAGE_BODY_VERSION",
+    "ImageBody",
+    "ImageEntry",
+    "LayerEntry",
+    "Reproduce",
+]
 
-#: The version of image record bodies this code writes; it reads 1 and 2.
+#: The version of image record bodies this code writes (3 when an image has view notes).
 IMAGE_BODY_VERSION = 2
+#: The newest version read (1 to this); version 3 adds ``view_notes``.
+MAX_IMAGE_BODY_VERSION = 3
+_MAX_NOTES = 1000
 _MAX_PARAMS = 32
 
 
@@ -240,10 +256,12 @@ class ImageEntry:
     layers: tuple[LayerEntry, ...]
     #: The root directory's own mode, uid, gid and mtime (ns), when a layer set them.
     root_meta: tuple[int, int, int, int] | None = None
+    #: What the merged view leaves out or shows differently (body version 3; usually empty).
+    view_notes: tuple[str, ...] = ()
 
     def to_cbor(self) -> dict[str, Any]:
         """Record value."""
-        return {
+        d: dict[str, Any] = {
             "root_meta": None if self.root_meta is None else list(self.root_meta),
             "manifest": self.manifest,
             "manifest_media_type": self.manifest_media_type,
@@ -252,9 +270,12 @@ class ImageEntry:
             "root": self.root,
             "layers": [layer.to_cbor() for layer in self.layers],
         }
+        if self.view_notes:
+            d["view_notes"] = list(self.view_notes)
+        return d
 
     @classmethod
-    def from_cbor(cls, v: Any, version: int = IMAGE_BODY_VERSION) -> ImageEntry:
+    def from_cbor(cls, v: Any, version: int = MAX_IMAGE_BODY_VERSION) -> ImageEntry:
         """Validate a record value of a body of ``version``."""
         keys = {
             "manifest",
@@ -265,8 +286,16 @@ class ImageEntry:
             "layers",
             "root_meta",
         }
-        if not isinstance(v, dict) or set(v) != keys:
+        if not isinstance(v, dict) or set(v) - {"view_notes"} != keys:
             raise Malformed("image record image fields are not the expected set")
+        notes = v.get("view_notes", [None])
+        if "view_notes" in v and (
+            version < 3
+            or not isinstance(notes, list)
+            or not 0 < len(notes) <= _MAX_NOTES
+            or not all(isinstance(n, str) for n in notes)
+        ):
+            raise Malformed("image record view_notes are not a short list of text")
         if not isinstance(v["manifest"], bytes) or not isinstance(v["config"], bytes):
             raise Malformed("image record manifest and config must be bytes")
         if v["platform"] is not None and not isinstance(v["platform"], str):
@@ -289,6 +318,7 @@ class ImageEntry:
             v["root"],
             tuple(LayerEntry.from_cbor(x, version) for x in v["layers"]),
             meta,
+            tuple(v.get("view_notes", ())),
         )
 
 
@@ -303,8 +333,9 @@ class ImageBody:
 
     def to_cbor(self) -> dict[str, Any]:
         """Record body."""
+        notes = any(image.view_notes for image in self.images)
         return {
-            "version": IMAGE_BODY_VERSION,
+            "version": MAX_IMAGE_BODY_VERSION if notes else IMAGE_BODY_VERSION,
             "source": self.source,
             "index": self.index,
             "index_media_type": self.index_media_type,
@@ -319,8 +350,8 @@ class ImageBody:
         version = v.get("version", 1)
         if type(version) is not int:
             raise Malformed("image record body version is not an integer")
-        if not 1 <= version <= IMAGE_BODY_VERSION:
-            raise UnsupportedVersion("image record", version, (1, IMAGE_BODY_VERSION))
+        if not 1 <= version <= MAX_IMAGE_BODY_VERSION:
+            raise UnsupportedVersion("image record", version, (1, MAX_IMAGE_BODY_VERSION))
         keys = {"source", "index", "index_media_type", "images"}
         if set(v) != (keys | {"version"} if version >= 2 else keys):
             raise Malformed("image record body fields are not the expected set")

@@ -11,8 +11,12 @@ An image is a stack of layer tarballs; the container sees their union. The rules
   it is removed, entries of the same layer stay. Whiteouts never hide entries of their own layer,
   so each layer's whiteouts are applied first, then its other entries. Other ``.wh..wh.`` names
   (AUFS metadata) are ignored.
+* An entry that only *removes* (``LayerEntry.removes``: what docker and containerd do with a
+  PAX global header, whose name they remove like any existing path before "creating" it) deletes
+  what its path names, in tar order, entries of its own layer included.
 * Parent directories missing from a tar are created implicitly (mode 0o755, uid/gid 0, mtime 0).
-  A path whose parent exists as a non-directory (for instance a symlink) is refused.
+  A path whose parent exists as a non-directory (for instance a symlink) is refused (or, with
+  ``on_refused``, left out of the view: see :meth:`Overlay.apply_layer`).
 * A hard link takes its target's node (content and metadata: they share an inode); both carry
   ``hardlink`` = the group id, the normalised path of the group's first member. When the tree is
   built, groups left with one member lose the field, and a group whose first member was removed is
@@ -83,6 +87,8 @@ class LayerEntry:
     sparse: SparseMap | None = None
     is_hardlink: bool = False
     link_target: bytes = b""
+    #: Removes what ``path`` names (creating its missing parents) and adds nothing.
+    removes: bool = False
 
 
 @dataclass(slots=True)
@@ -118,6 +124,17 @@ def _split(path: bytes) -> tuple[bytes, ...]:
     return parts
 
 
+def _checked_parts(path: bytes) -> tuple[bytes, ...]:
+    """The components of a layer entry's path, whiteout names checked."""
+    parts = _split(path)
+    for p in parts[:-1]:
+        if _is_whiteout(p):
+            raise Malformed(f"whiteout name {p!r:.80} used as a directory")
+    if parts and parts[-1] == WHITEOUT_PREFIX:
+        raise Malformed(f"whiteout {b'/'.join(parts)!r:.80} names nothing")
+    return parts
+
+
 def normalize_path(path: bytes) -> bytes:
     """Normalise a tar path (see the module docstring); the root (``.``, ``./``, ``/``) is ``b""``."""
     return b"/".join(_split(path))
@@ -134,7 +151,8 @@ def _is_whiteout(name: bytes) -> bool:
 class Overlay:
     """The merged root of an image, built by applying layers bottom to top.
 
-    After :meth:`apply_layer` raised :class:`Malformed` the overlay's state is unspecified.
+    After :meth:`apply_layer` raised :class:`Malformed` the overlay's state is unspecified; an
+    entry left out through ``on_refused`` may have created implicit parent directories only.
     """
 
     def __init__(self) -> None:
@@ -175,15 +193,29 @@ class Overlay:
 
     # -- layers -------------------------------------------------------------------------------
 
-    def apply_layer(self, entries: Iterable[LayerEntry]) -> None:
-        """Apply one layer: its whiteouts against the lower layers, then its entries in order."""
-        items = [(_split(e.path), e) for e in entries]
-        for parts, _ in items:
-            for p in parts[:-1]:
-                if _is_whiteout(p):
-                    raise Malformed(f"whiteout name {p!r:.80} used as a directory")
-            if parts and parts[-1] == WHITEOUT_PREFIX:
-                raise Malformed(f"whiteout {b'/'.join(parts)!r:.80} names nothing")
+    def apply_layer(
+        self,
+        entries: Iterable[LayerEntry],
+        on_refused: Callable[[LayerEntry, Malformed], None] | None = None,
+    ) -> None:
+        """Apply one layer: its whiteouts against the lower layers, then its entries in order.
+
+        An entry the merged view cannot hold (a bad path, a hard link to nothing, a path below a
+        non-directory, an invalid field) raises :class:`Malformed`; with ``on_refused`` it is
+        left out instead and handed to ``on_refused`` with the reason, and the layer goes on.
+        """
+
+        def refuse(e: LayerEntry, exc: Malformed) -> None:
+            if on_refused is None:
+                raise exc
+            on_refused(e, exc)
+
+        items: list[tuple[tuple[bytes, ...], LayerEntry]] = []
+        for e in entries:
+            try:
+                items.append((_checked_parts(e.path), e))
+            except Malformed as exc:
+                refuse(e, exc)
         # Pass 1: whiteouts, which only ever see lower layers.
         for parts, _ in items:
             if not parts or not _is_whiteout(parts[-1]):
@@ -198,12 +230,19 @@ class Overlay:
                 d.children.pop(name[len(WHITEOUT_PREFIX) :], None)
         # Pass 2: everything else, in order.
         for parts, e in items:
-            if parts and _is_whiteout(parts[-1]):
-                self._ensure_dir(parts[:-1])
-            else:
-                self._add(parts, e)
+            try:
+                if parts and _is_whiteout(parts[-1]):
+                    self._ensure_dir(parts[:-1])
+                else:
+                    self._add(parts, e)
+            except Malformed as exc:
+                refuse(e, exc)
 
     def _add(self, parts: tuple[bytes, ...], e: LayerEntry) -> None:
+        if e.removes:
+            if parts:
+                self._ensure_dir(parts[:-1]).children.pop(parts[-1], None)
+            return
         if e.is_hardlink:
             if not parts:
                 raise Malformed("the root cannot be a hard link")

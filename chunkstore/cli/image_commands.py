@@ -88,6 +88,7 @@ def backup(
         "reproducible_layers": result.reproducible_layers,
         "kept_layers": result.kept_layers,
         "kept_bytes": result.kept_bytes,
+        "notes": result.notes,
         "layer_details": [
             {
                 "digest": r.digest,
@@ -112,6 +113,8 @@ def backup(
         }[r.outcome]
         lines.append(f"  {r.digest[:19]}  {what}{' (already stored)' if r.reused else ''}")
     c.emit(info, "\n".join(lines))
+    for note in result.notes:
+        c.warn(note)
 
 
 @click.command()
@@ -236,6 +239,8 @@ def ls_image(c: Ctx, name: str, path: str, platform: str | None) -> None:
         for n in nodes
     ]
     c.emit([_node_json(n) for n in nodes], "\n".join(lines))
+    for note in image.view_notes:
+        c.warn(note)
 
 
 @click.command("cat")

@@ -89,7 +89,9 @@ def mount_cmd(
         sys.stdout.flush()
 
     with c.open() as repo:
-        stats = mount_image(repo, name, mountpoint, config, platform=platform, on_ready=ready)
+        stats = mount_image(
+            repo, name, mountpoint, config, platform=platform, on_ready=ready, on_note=c.warn
+        )
     if stats_file is not None:
         text = json.dumps(stats.to_json(), indent=2, sort_keys=True) + "\n"
         write_file_atomically(stats_file, text.encode())

@@ -46,6 +46,7 @@ from chunkstore.images.decompress import (
 from chunkstore.images.dirsource import DirTarStream, dir_image_metadata
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.ingest import IngestedLayer, IngestedMember, ingest_layer
+from chunkstore.images.layerview import layer_view
 from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import (
     MAX_MANIFEST_SIZE,
@@ -62,57 +63,17 @@ from chunkstore.images.registry_image import (
     open_client,
     parse_docker_reference,
 )
-from chunkstore.images.tarstream import TarEntry
 from chunkstore.repository import Repository
 from chunkstore.reproduce.probe import ProbeResult, ReproductionProbe, TeeReader
 from chunkstore.streams import ChunkStorer, store_with
-from index.errors import FormatError, Malformed
+from index.errors import FormatError
 from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
-from index.overlay import LayerEntry, Overlay
+from index.overlay import Overlay
 from index.record import Record
-from index.tree import NodeType
 
 __all__ = ["BackupResult", "LayerReport", "backup_image"]
-
-
-_TYPES = {
-    b"0": NodeType.FILE,
-    b"\x00": NodeType.FILE,
-    b"7": NodeType.FILE,
-    b"S": NodeType.FILE,
-    b"5": NodeType.DIRECTORY,
-    b"2": NodeType.SYMLINK,
-    b"3": NodeType.CHAR_DEVICE,
-    b"4": NodeType.BLOCK_DEVICE,
-    b"6": NodeType.FIFO,
-}
-
-
-def _layer_entry(m: IngestedMember) -> LayerEntry | None:
-    e: TarEntry = m.entry
-    if e.type == b"1":
-        return LayerEntry(path=e.name, is_hardlink=True, link_target=e.linkname)
-    node_type = _TYPES.get(e.type)
-    if node_type is None:
-        return None  # kept bit-exact in the recipe, not part of the file system view
-    return LayerEntry(
-        path=e.name,
-        type=node_type,
-        mode=e.mode & 0o7777,
-        uid=e.uid,
-        gid=e.gid,
-        mtime_ns=e.mtime_ns,
-        xattrs=e.xattrs,
-        target=e.linkname if node_type is NodeType.SYMLINK else b"",
-        dev=(e.devmajor, e.devminor)
-        if node_type in (NodeType.CHAR_DEVICE, NodeType.BLOCK_DEVICE)
-        else None,
-        size=e.size if node_type is NodeType.FILE else 0,
-        chunks=m.chunks,
-        lists=m.lists,
-    )
 
 
 @dataclass(slots=True)
@@ -338,11 +299,12 @@ def _known_layers(repo: Repository) -> dict[tuple[str, int], LayerRecord]:
     return known
 
 
-def _apply(overlay: Overlay, members: Iterable[IngestedMember], what: str) -> None:
-    try:
-        overlay.apply_layer(e for m in members if (e := _layer_entry(m)) is not None)
-    except Malformed as exc:
-        raise UsageError(f"{what} cannot be merged into the image's file system: {exc}") from None
+def _apply(overlay: Overlay, members: Iterable[IngestedMember], what: str) -> list[str]:
+    """Apply one layer to the merged view; returns notes on what the view leaves out of it (the
+    layer's recipe keeps every byte regardless)."""
+    view = layer_view(members)
+    overlay.apply_layer(view.entries, on_refused=view.leave_out)
+    return view.notes(what)
 
 
 def _backup_dir(
@@ -363,7 +325,8 @@ def _backup_dir(
         result.notes.append(f"not archived: {item}")
     config, manifest = dir_image_metadata(layer.diff_id, layer.size, plat)
     overlay = Overlay()
-    _apply(overlay, layer.members, f"directory {path}")
+    view_notes = _apply(overlay, layer.members, f"directory {path}")
+    result.notes.extend(view_notes)
     root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)
     result.layers += 1
     result.tar_bytes += layer.size
@@ -386,6 +349,7 @@ def _backup_dir(
         root=root,
         root_meta=_root_meta(overlay),
         layers=(record,),
+        view_notes=tuple(view_notes),
     )
 
 
@@ -399,6 +363,7 @@ def _backup_one(
 ) -> ImageEntry:
     overlay = Overlay()
     layers: list[LayerRecord] = []
+    view_notes: list[str] = []
     try:
         config = jsonsafe.loads(image.config_bytes)
     except ValueError as exc:
@@ -420,7 +385,9 @@ def _backup_one(
         if previous is not None and previous.diff_id == want_diff:
             # The same layer blob is already stored under another record: its recipe and chunks
             # are reused, and only its headers are read back (from the recipe) for the tree.
-            _apply(overlay, recipe_members(repo, previous.recipe), f"layer {desc.digest}")
+            view_notes += _apply(
+                overlay, recipe_members(repo, previous.recipe), f"layer {desc.digest}"
+            )
             layers.append(previous)
             result.layers += 1
             result.reused_layers += 1
@@ -446,7 +413,7 @@ def _backup_one(
                     raise UsageError(f"layer {desc.digest} changed while it was read")
                 kept_new = storer.stats.new_bytes - before
                 result.kept_bytes += kept_new
-        _apply(overlay, layer.members, f"layer {desc.digest}")
+        view_notes += _apply(overlay, layer.members, f"layer {desc.digest}")
         record = LayerRecord(
             digest=str(desc.digest),
             media_type=desc.media_type,
@@ -463,6 +430,7 @@ def _backup_one(
         result.layers += 1
         result.tar_bytes += layer.size
     root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)
+    result.notes.extend(view_notes)
     return ImageEntry(
         manifest=image.manifest_bytes,
         manifest_media_type=image.media_type,
@@ -471,4 +439,5 @@ def _backup_one(
         root=root,
         layers=tuple(layers),
         root_meta=_root_meta(overlay),
+        view_notes=tuple(view_notes),
     )

@@ -134,6 +134,7 @@ def restore_image(
     if transport == "docker-archive":
         return _restore_docker_archive(repo, image, path, ref, name, force)
     result = RestoreResult(images=1)
+    result.notes.extend(image.view_notes)  # what the merged tree leaves out of the layers
     extracted = extract_tree(
         repo,
         image.root,

@@ -55,10 +55,16 @@ def mount_image(
     *,
     platform: str | None = None,
     on_ready: Callable[[], None] = lambda: None,
+    on_note: Callable[[str], None] = lambda _: None,
 ) -> MountStats:
-    """Mount image ``name`` read-only at ``mountpoint`` until unmounted; returns the counters."""
+    """Mount image ``name`` read-only at ``mountpoint`` until unmounted; returns the counters.
+
+    ``on_note`` gets each note of the image record on what its merged view leaves out.
+    """
     cfg = config or MountConfig()
     image = open_image(repo, name, platform)
+    for note in image.view_notes:
+        on_note(note)
     algorithm = repo.config.id_algorithm
     replay = read_profile(cfg.prefetch, algorithm) if cfg.prefetch is not None else []
     stats = MountStats()

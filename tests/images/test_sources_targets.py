@@ -19,7 +19,7 @@ import pytest
 from chunkstore import api
 from chunkstore.blob import BlobType
 from chunkstore.chunker import ChunkerParams
-from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
+from chunkstore.errors import CorruptMetadata, UsageError
 from chunkstore.images.backup import backup_image
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
@@ -330,7 +330,9 @@ def nothing_outside(outside: Path) -> None:
 
 
 @pytest.mark.parametrize("split", [False, True])
-def test_symlink_escape_is_refused(tmp_path: Path, split: bool) -> None:
+def test_symlink_escape_is_left_out_of_the_view(tmp_path: Path, split: bool) -> None:
+    """A member below a symlink is not in the merged view (nor in a dir: restore), and a note
+    says so; the layers themselves are stored and given back exactly."""
     outside = tmp_path / "outside"
     outside.mkdir()
     link = entry("etc", tarfile.SYMTYPE, linkname=str(outside))
@@ -342,11 +344,17 @@ def test_symlink_escape_is_refused(tmp_path: Path, split: bool) -> None:
     )
     write_oci(tmp_path / "src", tars)
     repo = new_repo(tmp_path)
-    with pytest.raises(UsageError, match="not a directory"):
-        backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "evil")
-    with pytest.raises(MissingObject):
-        repo.find_record("evil")
+    result = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "evil")
+    (note,) = result.notes
+    assert "not in the file-system view" in note and "not a directory" in note
+    restored = restore_image(repo, "evil", f"dir:{tmp_path / 'rootfs'}")
+    assert note in restored.notes
+    assert os.readlink(tmp_path / "rootfs" / "etc") == str(outside)
     nothing_outside(outside)
+    restore_image(repo, "evil", f"oci:{tmp_path / 'out'}:v1")
+    (img,) = OCILayout(tmp_path / "out").resolve("v1")
+    got = [OCILayout(tmp_path / "out").blob_path(d.digest).read_bytes() for d in img.layers]
+    assert got == tars
     repo.close()
 
 

@@ -325,7 +325,9 @@ def test_pax_nanosecond_mtime_uid_and_xattrs() -> None:
     assert (b"mtime", b"1700000000.123456789") in entry.pax
 
 
-def test_pax_global_headers_apply_and_round_trip() -> None:
+def test_pax_global_headers_are_members_that_apply_to_nothing() -> None:
+    """As in Go's archive/tar (docker, containerd): a global header is returned as a member of
+    its own (named by its ``path`` record, else its header), and its records change no member."""
     g = rec(b"uname", b"globaluser") + rec(b"comment", b"hello")
     data = (
         pax(g, b"g")
@@ -333,12 +335,125 @@ def test_pax_global_headers_apply_and_round_trip() -> None:
         + pad(b"abc")
         + pax(rec(b"uname", b"local"))
         + hdr(b"b")
+        + pax(rec(b"path", b"named-global"), b"g")
         + hdr(b"c")
         + EOA
     )
     entries = assert_round_trip(data)
-    assert [e.uname for e in entries] == [b"globaluser", b"local", b"globaluser"]
+    assert [(e.type, e.name) for e in entries] == [
+        (b"g", b"PaxHeaders/x"),
+        (b"0", b"a"),
+        (b"0", b"b"),
+        (b"g", b"named-global"),
+        (b"0", b"c"),
+    ]
+    assert [e.uname for e in entries] == [b"", b"", b"local", b"", b""]
+    assert entries[0].pax == ((b"uname", b"globaluser"), (b"comment", b"hello"))
+    assert names(entries)[1:3] == gnu_tar_list(data)[:2]  # GNU tar lists no global header
+
+
+def test_repeated_extended_headers_the_last_wins() -> None:
+    """A later PAX header replaces an earlier one whole (Go and GNU tar), a later GNU long name
+    an earlier one; a GNU long name wins over a PAX path (Go)."""
+    data = (
+        pax(rec(b"path", b"first") + rec(b"size", b"512") + rec(b"uname", b"u1"))
+        + pax(rec(b"linkpath", b"lp"))
+        + hdr(b"n", b"2", 0, b"t")
+        + hdr(b"././@LongLink", b"L", 6)
+        + pad(b"first\x00")
+        + hdr(b"././@LongLink", b"L", 7)
+        + pad(b"second\x00")
+        + pax(rec(b"path", b"from-pax"))
+        + hdr(b"m")
+        + EOA
+    )
+    entries = assert_round_trip(data)
+    assert [(e.name, e.linkname, e.uname) for e in entries] == [
+        (b"n", b"lp", b""),
+        (b"second", b"", b""),
+    ]
+
+
+def test_empty_extension_values_keep_the_header_fields() -> None:
+    data = (
+        pax(rec(b"path", b"") + rec(b"size", b"") + rec(b"uid", b""))
+        + hdr(b"f", size=3)
+        + pad(b"abc")
+        + hdr(b"././@LongLink", b"L", 1)
+        + pad(b"\x00")
+        + hdr(b"g-name")
+        + EOA
+    )
+    entries = assert_round_trip(data)
+    assert [(e.name, e.size, e.uid) for e in entries] == [(b"f", 3, 0o1750), (b"g-name", 0, 0o1750)]
+
+
+@pytest.mark.parametrize(
+    ("offset", "field", "value"),
+    [
+        (108, bytes(8), 0),  # uid all NUL
+        (116, b"        ", 0),  # gid all spaces
+        (100, b"\x00\x00\x00644\x00", 0o644),  # mode with leading NULs
+        (136, bytes(12), 0),  # mtime all NUL
+        (124, bytes(12), 0),  # size all NUL
+        (329, bytes(8), 0),  # devmajor all NUL
+    ],
+)
+def test_empty_or_nul_numeric_fields_are_zero(offset: int, field: bytes, value: int) -> None:
+    (entry,) = assert_round_trip(hdr(b"f", extra={offset: field}) + EOA)
+    got = {100: entry.mode, 108: entry.uid, 116: entry.gid, 124: entry.size}
+    got |= {136: entry.mtime_ns // 10**9, 329: entry.devmajor}
+    assert got[offset] == value
+
+
+@pytest.mark.parametrize(
+    "size_field",
+    [
+        b"\x00\x00\x00\x00\x00\x00\x00\x00\x001000",  # Go: 512, GNU tar: 0
+        b" " * 12,  # Go: 0, GNU tar: an error (and a resynchronisation)
+        b"\x81" + bytes(11),  # base-256 GNU tar does not know
+    ],
+)
+def test_size_fields_that_gnu_tar_and_go_read_differently_are_refused(size_field: bytes) -> None:
+    data = hdr(b"a", size_field=size_field) + hdr(b"b") + bytes(BLOCK) + EOA
+    expect_tar_error(io.BytesIO(data))
+
+
+def test_gnu_incremental_directory_keeps_its_dumpdir_raw() -> None:
+    dumpdir = b"Yfoo\x00Nbar\x00\x00"
+    data = hdr(b"dir/", b"D", len(dumpdir)) + pad(dumpdir) + hdr(b"dir/foo", size=1) + pad(b"x")
+    entries = assert_round_trip(data + EOA)
+    assert [(e.type, e.name, e.is_directory, e.is_content) for e in entries] == [
+        (b"D", b"dir/", False, False),
+        (b"0", b"dir/foo", False, True),
+    ]
     assert names(entries) == gnu_tar_list(data)
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_old_style_directory_with_a_trailing_slash(size: int) -> None:
+    """Type NUL with a name ending in '/' is a directory to Go and GNU tar; GNU tar skips a
+    size's worth of data after it, Go does not: sized ones are refused."""
+    data = hdr(b"d/", b"\x00", size) + (pad(b"x") if size else b"") + hdr(b"after") + EOA
+    if size:
+        expect_tar_error(io.BytesIO(data))
+        return
+    entries = assert_round_trip(data)
+    assert entries[0].is_directory and entries[0].data_size == 0
+
+
+def test_solaris_extended_header_is_refused() -> None:
+    records = rec(b"path", b"solaris")
+    data = hdr(b"PaxHeaders/x", b"X", len(records)) + pad(records) + hdr(b"f") + EOA
+    assert "Solaris" in str(expect_tar_error(io.BytesIO(data)))
+
+
+def test_pax_size_before_a_global_header_is_refused() -> None:
+    data = pax(rec(b"size", b"512")) + pax(rec(b"comment", b"c"), b"g") + hdr(b"f") + hdr(b"x")
+    assert "global" in str(expect_tar_error(io.BytesIO(data + EOA)))
+    # other records before a global header are dropped, as Go does
+    data = pax(rec(b"path", b"dropped")) + pax(rec(b"comment", b"c"), b"g") + hdr(b"f") + EOA
+    assert names(assert_round_trip(data)) == [b"PaxHeaders/x", b"f"]
 
 
 @pytest.mark.parametrize("trailer", [b"", bytes(BLOCK * 7), b"garbage after the end", b"\x00" * 3])
@@ -619,7 +734,8 @@ def test_pax_size_smaller_than_ustar_size(tmp_path: Path) -> None:
     assert names(entries) == [b"carrier", b"hidden-or-not", b"after"]
 
 
-def test_global_pax_size_applies_like_gnu_tar(tmp_path: Path) -> None:
+def test_global_pax_size_is_refused(tmp_path: Path) -> None:
+    """GNU tar applies a global size to the members that follow, Go does not: refused."""
     data = (
         pax(rec(b"size", b"512"), b"g")
         + hdr(b"f")
@@ -628,8 +744,9 @@ def test_global_pax_size_applies_like_gnu_tar(tmp_path: Path) -> None:
         + bytes(BLOCK)
         + EOA
     )
-    entries = assert_round_trip(data)
-    assert names(entries) == gnu_tar_list(data) == [b"f", b"after"]
+    assert gnu_tar_list(data) == [b"f", b"after"]
+    err = expect_tar_error(io.BytesIO(data))
+    assert "global" in str(err)
 
 
 @pytest.mark.parametrize("typ", [b"1", b"5"])
@@ -695,8 +812,7 @@ _GOOD = py_tar([(ti("a", size=700), b"A" * 700), (ti("b", size=5), b"bbbbb")], t
         (1212, "right after the content"),
         (1300, "inside padding"),
         (1536 + 100, "inside the second header"),
-        (2560, "missing end-of-archive blocks"),
-        (2560 + 512, "only one end-of-archive block"),
+        (2560 + 100, "inside the first end-of-archive block"),
         (2560 + 700, "inside the second end-of-archive block"),
     ],
 )
@@ -705,8 +821,21 @@ def test_truncated_streams(cut: int, where: str) -> None:
     expect_tar_error(ShortReads(_GOOD[:cut], cut))
 
 
+@pytest.mark.parametrize(
+    ("cut", "where"),
+    [(2560, "missing end-of-archive blocks"), (2560 + 512, "only one end-of-archive block")],
+)
+def test_missing_or_partial_end_of_archive_is_kept(cut: int, where: str) -> None:
+    """Go and GNU tar accept an archive that ends after its last member or one zero block."""
+    assert names(assert_round_trip(_GOOD[:cut])) == [b"a", b"b"] == gnu_tar_list(_GOOD[:cut])
+
+
+def test_zero_block_followed_by_a_header_is_refused() -> None:
+    expect_tar_error(io.BytesIO(_GOOD[:2560] + bytes(BLOCK) + _GOOD[1536:2560]))
+
+
 def test_empty_stream() -> None:
-    expect_tar_error(io.BytesIO(b""))
+    expect_tar_error(io.BytesIO(b""))  # GNU tar refuses it too
 
 
 def test_minimal_archive_is_two_zero_blocks() -> None:
@@ -818,7 +947,13 @@ def test_pax_nul_padding_is_accepted() -> None:
         rec(b"mtime", b"12:30"),
         rec(b"mtime", b"-"),
         rec(b"mtime", b"1.2.3"),
-        rec(b"GNU.sparse.realsize", b"lots"),
+        rec(b"GNU.sparse.major", b"0")
+        + rec(b"GNU.sparse.minor", b"1")
+        + rec(b"GNU.sparse.numblocks", b"0")
+        + rec(b"GNU.sparse.realsize", b"lots"),
+        rec(b"GNU.sparse.numblocks", b"1") + rec(b"GNU.sparse.map", b"0,x"),
+        rec(b"GNU.sparse.numblocks", b"2") + rec(b"GNU.sparse.map", b"0,0"),
+        rec(b"path", b"nul\x00in-path"),
     ],
 )
 def test_bad_pax_numbers(record: bytes) -> None:
@@ -827,7 +962,9 @@ def test_bad_pax_numbers(record: bytes) -> None:
 
 @pytest.mark.parametrize("key", [b"size", b"uid", b"mtime", b"GNU.sparse.realsize"])
 def test_pax_numbers_with_thousands_of_digits(key: bytes) -> None:
-    expect_tar_error(io.BytesIO(pax(rec(key, b"1" * 5000)) + hdr(b"x") + EOA))
+    sparse = rec(b"GNU.sparse.major", b"0") + rec(b"GNU.sparse.minor", b"1")
+    extra = sparse + rec(b"GNU.sparse.numblocks", b"0") if key.startswith(b"GNU.") else b""
+    expect_tar_error(io.BytesIO(pax(extra + rec(key, b"1" * 5000)) + hdr(b"x") + EOA))
 
 
 @pytest.mark.parametrize(
@@ -949,7 +1086,7 @@ def test_global_pax_records_do_not_make_members_quadratic() -> None:
     data = b"".join(parts) + EOA
     stream = Budgeted(data, total=len(data), max_bytes=len(data) + 1, max_seconds=2.0)
     _, entries = run_with_watchdog(lambda: consume(stream), timeout=20)
-    assert len(entries) == 2000
+    assert [e.type for e in entries] == [b"g"] * 10 + [b"0"] * 2000
 
 
 def test_endless_extension_headers_are_bounded() -> None:
@@ -1022,13 +1159,26 @@ def test_mutated_headers_with_fixed_checksums(
     run_with_watchdog(lambda: _parse_outcome(bytes(data)), timeout=10)
 
 
+#: Where _FUZZ_BASE may end: after the PAX header (it describes nothing), after a member, after
+#: the GNU long name, after the first end-of-archive block (Go and GNU tar accept these ends).
+_FUZZ_ENDS = frozenset({1024, 2560, 3584, 4096, 5120, 5632})
+
+
 @settings(max_examples=100)
 @given(st.data())
-def test_every_strict_prefix_of_an_archive_is_an_error(data: st.DataObject) -> None:
+def test_every_strict_prefix_of_an_archive_is_an_error_or_ends_it(data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(_FUZZ_BASE) - 1))
     seed = data.draw(st.integers(0, 3))
+    if cut in _FUZZ_ENDS:
+        assert_round_trip(_FUZZ_BASE[:cut])
+        return
     expect_tar_error(io.BytesIO(_FUZZ_BASE[:cut]))
     expect_tar_error(ShortReadsInto(_FUZZ_BASE[:cut], seed))
+
+
+@pytest.mark.parametrize("cut", sorted(_FUZZ_ENDS))
+def test_prefixes_that_end_the_archive(cut: int) -> None:
+    assert_round_trip(_FUZZ_BASE[:cut])
 
 
 def test_fuzz_base_is_valid() -> None:

@@ -80,7 +80,7 @@ def test_version_2_round_trip_with_kept_original() -> None:
 
 def test_refusals() -> None:
     with pytest.raises(UnsupportedVersion):
-        ImageBody.from_cbor(_body(_layer(original=None), 3))
+        ImageBody.from_cbor(_body(_layer(original=None), 4))
     rep = {"family": "zlib", "params": {"level": 6}, "header": b"\x1f\x8b\x08\0\0\0\0\0\0\xff"}
     both = _layer(reproduce=rep, original={"size": 10, "lists": [sha256(b"l")]})
     with pytest.raises(Malformed, match="both"):
