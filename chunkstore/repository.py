@@ -713,11 +713,14 @@ class Repository:
         raise AssertionError("unreachable")
 
     def load_blobs(
-        self, ids: Iterable[Digest], *, max_gap: int = 1 << 20
+        self, ids: Iterable[Digest], *, max_gap: int = 1 << 20, heal: bool = True
     ) -> Iterator[tuple[Digest, bytes]]:
         """Load many blobs, one coalesced read per neighbourhood in each pack.
 
         Yields ``(id, plaintext)`` grouped by pack (not in the input order); each id once.
+        ``heal``: a blob that fails where the index cache put it is looked up again in the index
+        files (see :meth:`_heal`); a caller that re-reads the index itself (the mount's fetcher,
+        which counts its re-reads) passes False and gets the failure.
         """
         per_pack: dict[Digest, list[tuple[int, int, Location]]] = {}
         wanted = dict.fromkeys(ids)
@@ -727,6 +730,8 @@ class Repository:
             try:
                 loc = self._locate(blob_id)
             except MissingObject as exc:
+                if not heal:
+                    raise
                 loc = self._heal(blob_id, None, exc)
             if (hit := self._cached(loc)) is not None:
                 yield blob_id, hit
@@ -769,6 +774,8 @@ class Repository:
                             raise failure
                         plain = self.load_at(loc, piece)  # verified
                     except (IntegrityError, MissingObject) as exc:
+                        if not heal:
+                            raise
                         plain = self.load_at(self._heal(loc.entry.id, loc, exc))
                     yield loc.entry.id, plain
 

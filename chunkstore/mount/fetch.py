@@ -328,7 +328,9 @@ class Fetcher:
         done: set[Digest] = set()
         self.stats.add(requests=1, bytes_fetched=span_length)
         try:
-            for blob_id, data in self.repo.load_blobs(ids, max_gap=self.policy.max_gap):
+            # heal=False: this worker re-reads the index itself (below), and counts it.
+            reads = self.repo.load_blobs(ids, max_gap=self.policy.max_gap, heal=False)
+            for blob_id, data in reads:
                 done.add(blob_id)
                 self.stats.add(chunks_fetched=1, plain_bytes_fetched=len(data))
                 self._settle(blob_id, data, None)

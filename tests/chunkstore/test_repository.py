@@ -544,6 +544,9 @@ def test_corrupt_cache_entry_never_serves_wrong_bytes(encrypted: bool, tmp_path:
         assert _read_blob_entry(cache, repo_id, ix) == right  # the cache was rebuilt
         _write_blob_entry(cache, repo_id, ix, value)
         with Repository.open(backend, cache_dir=cache, password=pw) as repo:
+            # A caller that re-reads the index itself (the mount) gets the failure instead.
+            with pytest.raises((CorruptBlob, MissingObject)):
+                dict(repo.load_blobs([ix], heal=False))
             assert dict(repo.load_blobs([iy, ix])) == {ix: x, iy: y}, what
 
 
