@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 
 from chunkstore.errors import CorruptMetadata
 from chunkstore.images.ingest import IngestedMember
+from chunkstore.images.tarstream import Member, TarError, TarReader
 from chunkstore.images.tarstream import Raw as TarRaw
-from chunkstore.images.tarstream import TarReader
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
@@ -200,19 +200,27 @@ def recipe_members(repo: Repository, recipe_id: Digest) -> list[IngestedMember]:
     # The k-th member with content owns the k-th content operation (ingest writes exactly one).
     contents = iter([op for op in ops if not isinstance(op, Raw)])
     members: list[IngestedMember] = []
-    for event in TarReader(_SkeletonStream(iter(ops))):  # type: ignore[arg-type]
-        if isinstance(event, TarRaw):
-            continue
-        if event.content is None:
-            members.append(IngestedMember(event.entry))
-            continue
-        while event.content.read(1 << 20):
-            pass
-        op = next(contents, None)
-        if op is None or op.size != event.entry.data_size:
-            raise CorruptMetadata(f"layer recipe {recipe_id.short}: content does not match headers")
-        if isinstance(op, Content):
-            members.append(IngestedMember(event.entry, chunks=op.chunks))
-        else:
-            members.append(IngestedMember(event.entry, lists=op.lists))
+    try:
+        for event in TarReader(_SkeletonStream(iter(ops))):  # type: ignore[arg-type]
+            if isinstance(event, TarRaw):
+                continue
+            members.append(_member(event, contents, recipe_id))
+    except TarError as exc:
+        # Only a recipe stored by an older chunkstore that accepted more can get here.
+        raise TarError(f"stored layer recipe {recipe_id.short}: {exc}") from None
     return members
+
+
+def _member(
+    event: Member, contents: Iterator[Content | ContentLists | Raw], recipe_id: Digest
+) -> IngestedMember:
+    if event.content is None:
+        return IngestedMember(event.entry)
+    while event.content.read(1 << 20):
+        pass
+    op = next(contents, None)
+    if op is None or isinstance(op, Raw) or op.size != event.entry.data_size:
+        raise CorruptMetadata(f"layer recipe {recipe_id.short}: content does not match headers")
+    if isinstance(op, Content):
+        return IngestedMember(event.entry, chunks=op.chunks)
+    return IngestedMember(event.entry, lists=op.lists)
