@@ -32,10 +32,12 @@ __all__ = [
     "cstr",
     "decode_header",
     "gnu_size",
+    "header_format",
     "parse_number",
     "parse_pax",
     "pax_int",
     "pax_time_ns",
+    "same_for_gnu",
 ]
 
 _INT64_MIN = -(1 << 63)
@@ -63,7 +65,7 @@ class HeaderFormat(Enum):
 
 def cstr(data: bytes) -> bytes:
     """The bytes before the first NUL."""
-    return data.split(b"\x00", 1)[0]
+    return data.partition(b"\x00")[0]
 
 
 def parse_number(field: bytes, what: str) -> int:
@@ -76,7 +78,7 @@ def parse_number(field: bytes, what: str) -> int:
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise TarError(f"tar header field {what} does not fit in 64 bits")
         return value
-    text = cstr(field.strip(b" \x00"))
+    text = field.strip(b" \x00").partition(b"\x00")[0]
     if not text:
         return 0
     if text.translate(None, _OCTAL):
@@ -85,6 +87,12 @@ def parse_number(field: bytes, what: str) -> int:
     if value > _INT64_MAX:
         raise TarError(f"tar header field {what} does not fit in 64 bits")
     return value
+
+
+def same_for_gnu(field: bytes) -> bool:
+    """Whether a size field is in the form every tar writes (11 octal digits and a NUL or a
+    space), which GNU tar and Go read alike without looking further."""
+    return field[11] in (0, 0x20) and not field[:11].translate(None, _OCTAL)
 
 
 def gnu_size(field: bytes) -> int | None:
@@ -120,11 +128,11 @@ def checksum_ok(block: bytes) -> bool:
         want = parse_number(field, "chksum")
     except TarError:
         return False
-    blanked = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(blanked)
+    unsigned = sum(block) - sum(field) + 0x20 * 8  # the checksum field counts as spaces
     if want == unsigned:
         return True
-    high = len(blanked) - len(blanked.translate(None, _HIGH_BYTES))
+    high = len(block) - len(block.translate(None, _HIGH_BYTES))
+    high -= len(field) - len(field.translate(None, _HIGH_BYTES))
     return want == unsigned - 256 * high
 
 

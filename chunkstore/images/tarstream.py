@@ -50,6 +50,7 @@ from chunkstore.images.tarfields import (
     parse_pax,
     pax_int,
     pax_time_ns,
+    same_for_gnu,
 )
 
 __all__ = [
@@ -336,7 +337,8 @@ class TarReader:
             typeflag = header.typeflag
             if header.size < 0:
                 raise TarError(f"negative size in tar header at byte {where}")
-            if gnu_size(block[124:136]) != header.size:
+            size_field = block[124:136]
+            if not same_for_gnu(size_field) and gnu_size(size_field) != header.size:
                 raise TarError(
                     f"tar header at byte {where} has a size field that GNU tar and Go read "
                     "differently: refusing it"

@@ -28,6 +28,7 @@ from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OC
 from chunkstore.images.rebuild import recipe_members
 from chunkstore.images.restore import restore_image
 from chunkstore.images.tarstream import TarError
+from chunkstore.mount import run as run_module
 from chunkstore.repository import Repository
 from index.ids import sha256
 from index.recipe import RecipeBuilder
@@ -223,3 +224,14 @@ def test_a_stored_recipe_the_reader_now_refuses_is_named(repo: Repository) -> No
     recipe = repo.save_blob(BlobType.META, root.encode()).id
     with pytest.raises(TarError, match=f"stored layer recipe {recipe.short}: PAX global header"):
         recipe_members(repo, recipe)
+
+
+def test_mount_reports_view_notes(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image(tmp_path / "src", [header(b"label", b"V", 0, fmt="gnu") + header(b"f") + EOA])
+    result = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "mount-notes")
+    monkeypatch.setattr(run_module, "serve", lambda *args, **kwargs: None)  # no FUSE here
+    notes: list[str] = []
+    run_module.mount_image(repo, "mount-notes", tmp_path / "mnt", on_note=notes.append)
+    assert notes == result.notes and len(notes) == 1
