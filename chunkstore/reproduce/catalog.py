@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from chunkstore.errors import UsageError
+from chunkstore.reproduce.gnu_family import GnuGzipFamily, PigzFamily
+from chunkstore.reproduce.go_family import GoFlateFamily
 from chunkstore.reproduce.gzipfmt import crc32, gzip_trailer, parse_gzip_header
+from chunkstore.reproduce.klauspost_family import KlauspostFamily
 from chunkstore.reproduce.model import Candidate, Encoder, Family
 from chunkstore.reproduce.zlib_family import ZlibFamily
 from chunkstore.reproduce.zstd_family import ZstdFamily
@@ -26,7 +29,10 @@ def families(compression: str) -> list[Family]:
     if compression == "zstd":
         return [ZstdFamily()]
     if compression == "gzip":
-        return [ZlibFamily()]
+        # Go (docker, buildkit, crane) and klauspost (skopeo, podman, umoci) write OS 255, GNU
+        # gzip and pigz OS 3; each family rules itself out by the header, so the order only
+        # decides which of two identical outputs is recorded.
+        return [GoFlateFamily(), KlauspostFamily(), ZlibFamily(), GnuGzipFamily(), PigzFamily()]
     return []
 
 
