@@ -278,8 +278,8 @@ def _write_images(
             try:
                 for layer, future in zip(wanted, spools, strict=True):
                     spool, digest, size = future.result()
-                    with spool:
-                        sink.add_blob_file(digest, size, spool)
+                    sink.add_blob_file(digest, size, spool)
+                    spool.close()
                     if str(digest) == layer.digest:
                         result.exact_layers += 1
                         continue
@@ -293,7 +293,10 @@ def _write_images(
             finally:
                 for future in spools:
                     future.cancel()
-                    if future.done() and not future.cancelled() and future.exception() is None:
+                # Leaving the pool waits for the layers still being written: close every spool.
+                pool.shutdown(wait=True)
+                for future in spools:
+                    if not future.cancelled() and future.exception() is None:
                         future.result()[0].close()
         sink.add_blob_bytes(image.config)
         manifest = image.manifest
