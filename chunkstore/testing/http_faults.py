@@ -21,7 +21,15 @@ always). Faults:
 * :class:`Drip` -- forward, then send the body ``step`` bytes every ``interval`` seconds;
 * :class:`Silence` -- accept the request and never answer (until the proxy closes);
 * :class:`Redirect` -- answer ``307`` to the same path on another base URL (another proxy: the
-  "object storage" host, whose :attr:`FaultProxy.seen` shows which headers reached it).
+  "object storage" host, whose :attr:`FaultProxy.seen` shows which headers reached it);
+* :class:`ExpireTokens` -- (with ``bearer=True``) revoke the token the request carries, then handle
+  the request as usual, so it is refused ``401``: a token that expires while a request is in flight
+  (other requests with it are refused from then on; tokens fetched later are valid).
+
+With ``bearer=True`` the proxy plays a token-authenticated registry in front of an open one: it
+serves tokens at ``/token`` (anonymously, any scope, :attr:`FaultProxy.token_fetches` counts them)
+and answers ``401`` with a ``Bearer`` challenge to every other request without a valid token; the
+``Authorization`` header is not forwarded.
 
 Every request is recorded in :attr:`FaultProxy.seen` (method, target, headers with lower-case
 names). ``upstream_headers`` are added to every forwarded request (a redirect target that plays a
@@ -34,8 +42,10 @@ Used only by tests; it needs no third-party package.
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -47,6 +57,7 @@ from types import TracebackType
 __all__ = [
     "Drip",
     "DropRequestHeaders",
+    "ExpireTokens",
     "Fault",
     "FaultProxy",
     "LoseAnswer",
@@ -151,6 +162,11 @@ class Redirect:
     status: int = 307
 
 
+@dataclass(frozen=True)
+class ExpireTokens:
+    """Revoke the request's token, then handle the request (``bearer=True`` only)."""
+
+
 Fault = (
     Respond
     | ReplaceBody
@@ -162,6 +178,7 @@ Fault = (
     | Drip
     | Silence
     | Redirect
+    | ExpireTokens
 )
 
 
@@ -212,13 +229,20 @@ class FaultProxy:
         upstream_headers: Mapping[str, str] | None = None,
         response_headers: Mapping[str, str] | None = None,
         bind: str = "127.0.0.1",
+        bearer: bool = False,
     ) -> None:
-        """Forward to ``upstream`` (``host:port``, plain HTTP); call :meth:`start` or use ``with``."""
+        """Forward to ``upstream`` (``host:port``, plain HTTP); call :meth:`start` or use ``with``.
+
+        ``bearer``: require tokens from the proxy's own ``/token`` service (see the module text).
+        """
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
         self.upstream_headers = dict(upstream_headers or {})
         self.response_headers = dict(response_headers or {})
         self._rules: list[Rule] = []
+        self.bearer = bearer
+        self._tokens: set[str] = set()
+        self._token_fetches = 0
         self._seen: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -301,6 +325,46 @@ class FaultProxy:
                     break
             self._seen.append(SeenRequest(method, target, dict(headers), fault))
             return fault
+
+    @property
+    def token_fetches(self) -> int:
+        """How many tokens the ``/token`` service has issued."""
+        with self._lock:
+            return self._token_fetches
+
+    def revoke_tokens(self, token: str | None = None) -> None:
+        """Make ``token`` (None: every token issued so far) invalid."""
+        with self._lock:
+            if token is None:
+                self._tokens.clear()
+            else:
+                self._tokens.discard(token)
+
+    def _gate(self, target: str, headers: Mapping[str, str]) -> _Answer | None:
+        """With ``bearer``: the token service's answer, or a 401 for a request without a token."""
+        if not self.bearer:
+            return None
+        if target.startswith("/token"):
+            token = secrets.token_hex(16)
+            with self._lock:
+                self._tokens.add(token)
+                self._token_fetches += 1
+            body = json.dumps({"token": token, "expires_in": 300}).encode()
+            return _Answer(200, "OK", [("Content-Type", "application/json")], body)
+        auth = headers.get("authorization", "")
+        with self._lock:
+            if auth.startswith("Bearer ") and auth[7:] in self._tokens:
+                return None
+        match = re.match(r"\A/v2/(.+?)/(?:blobs|manifests|tags)/", target)
+        scope = f',scope="repository:{match.group(1)}:pull,push"' if match else ""
+        challenge = f'Bearer realm="{self.url}/token",service="fault-proxy"{scope}'
+        body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        return _Answer(
+            401,
+            "Unauthorized",
+            [("WWW-Authenticate", challenge), ("Content-Type", "application/json")],
+            body,
+        )
 
     # ------------------------------------------------------------------ forwarding
     def _forward(
@@ -389,6 +453,16 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
             fault = proxy._pick(method, target, {k.lower(): v for k, v in headers})
+            if isinstance(fault, ExpireTokens):
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Bearer "):
+                    proxy.revoke_tokens(auth[7:])
+            gate = proxy._gate(target, {k.lower(): v for k, v in headers})
+            if gate is not None:
+                self._send(gate)
+                return
+            if proxy.bearer:
+                _set_header(headers, "Authorization", None)
             if isinstance(fault, Silence):
                 proxy._closing.wait(_SILENCE_LIMIT)
                 self._reset()

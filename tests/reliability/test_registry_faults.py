@@ -40,6 +40,7 @@ from chunkstore.repository import Repository
 from chunkstore.testing.http_faults import (
     Drip,
     DropRequestHeaders,
+    ExpireTokens,
     FaultProxy,
     LoseAnswer,
     PartialUpload,
@@ -513,6 +514,89 @@ def test_b12_silent_server_times_out_within_the_bound(
         with pytest.raises(RegistryUnavailable):
             c.get_blob(digest)
     assert time.monotonic() - start < 4.0
+
+
+# -- H5: a token that expires in the middle of an upload -------------------------------------------
+
+UPLOADS = r"/blobs/uploads/"
+
+
+def _each_refusal_refreshed_once(front: FaultProxy) -> int:
+    """Each request refused for its expired token was followed by one token fetch, then sent
+    again as it was; how many there were."""
+    seen = front.seen
+    refused = [k for k, s in enumerate(seen) if isinstance(s.fault, ExpireTokens)]
+    for k in refused:
+        assert seen[k + 1].method == "GET" and seen[k + 1].target.startswith("/token?")
+        assert (seen[k + 2].method, seen[k + 2].target) == (seen[k].method, seen[k].target)
+        assert seen[k + 2].headers["authorization"] != seen[k].headers["authorization"]
+    return len(refused)
+
+
+def test_h5_token_expiring_during_patch_and_put_is_fetched_again_and_the_upload_completes(
+    registry: RunningRegistry,
+) -> None:
+    """The token dies while a PATCH piece, the closing PUT, a monolithic PUT or a tag is sent."""
+    name = new_name()
+    pieces = [PAYLOAD[i : i + 30_000] for i in range(0, len(PAYLOAD), 30_000)]
+    digest = sha256(PAYLOAD)
+    with FaultProxy(registry.host, bearer=True) as front:
+        front.on("PATCH", UPLOADS, SetHeaders({}), times=1)  # the first piece goes through
+        front.on("PATCH", UPLOADS, ExpireTokens(), times=1)  # the second is refused: 401
+        front.on("PUT", UPLOADS, ExpireTokens(), times=1)  # and so is the closing PUT
+        with client(front.host, name, auth=RegistryAuth()) as c:
+            assert c.put_blob_stream(pieces, digest, len(PAYLOAD), chunk_size=30_000) == digest
+            patches = [s.fault for s in front.seen if s.method == "PATCH"]
+            assert patches == [SetHeaders({}), ExpireTokens(), None, None, None]
+            assert _each_refusal_refreshed_once(front) == 2
+            # A pull token, a push token, one fresh token per refusal; no session restarted.
+            assert front.token_fetches == 4
+            assert [s.method for s in front.seen].count("POST") == 2  # challenged, then sent
+            front.clear()
+            front.on("PUT", UPLOADS, ExpireTokens(), times=1)  # a monolithic PUT with a body
+            other = c.put_blob(OTHER)
+            front.on("PUT", r"/manifests/", ExpireTokens(), times=1)
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": EMPTY_TYPE, "digest": str(other), "size": len(OTHER)},
+                    "layers": [],
+                }
+            ).encode()
+            c.put_manifest("t", manifest, OCI_MANIFEST)
+            assert _each_refusal_refreshed_once(front) == 2
+    with client(registry.host, name) as direct:
+        assert direct.get_blob(digest) == PAYLOAD
+        assert direct.get_blob(other) == OTHER
+        assert direct.list_tags() == ["t"]
+
+
+def test_h5_tokens_expiring_throughout_a_put_leave_a_clean_repository(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Every third PUT (blob uploads and tags) loses its token as it is sent; all still works."""
+    name = new_name()
+    data = random.Random(75).randbytes(400_000)
+    with FaultProxy(registry.host, bearer=True) as front:
+        for _ in range(20):
+            front.on("PUT", "", SetHeaders({}), times=2)
+            front.on("PUT", "", ExpireTokens(), times=1)
+        # One upload at a time: concurrent ones could send a resent request into the next rule.
+        backend = RegistryBackend(
+            client(front.host, name, auth=RegistryAuth()), upload_concurrency=1
+        )
+        with Repository.init(
+            backend, cache_dir=tmp_path / "c0", chunker=PARAMS, pack_size=64 << 10
+        ) as repo:
+            api.put(repo, "big", io.BytesIO(data))
+        assert _each_refusal_refreshed_once(front) >= 5
+    with _registry_repo(registry.host, name, tmp_path / "c1", init=False) as repo:
+        report = api.check(repo, read_data=True)
+        assert report.ok and report.warnings == [], (report.errors, report.warnings)
+        out = io.BytesIO()
+        api.get(repo, "big", out)
+    assert out.getvalue() == data
 
 
 # -- H1, H3, H7: credentials and redirects -----------------------------------------------------------
