@@ -215,6 +215,8 @@ def repository_stats(repo: Repository) -> dict[str, object]:
         "id": repo.config.repo_id.hex(),
         "encrypted": repo.config.encrypted,
         "chunker": repo.config.chunker.to_cbor(),
+        "chunker_table": repo.config.gear,
+        "format_version": repo.config.version,
         "pack_size": repo.config.pack_size,
         "files": files,
         "blobs": blobs,

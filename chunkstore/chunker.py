@@ -8,22 +8,29 @@ once. :class:`ChunkerParams` bounds the chunk sizes: no chunk is longer than ``m
 but the last is shorter than ``min_size``; ``avg_size`` sets the mask and so the typical size. The
 parameters are part of a repository's configuration: changing them changes every cut.
 
-:class:`Chunker` wraps the compiled (Cython) FastCDC of the ``fastcdc`` package and feeds it a
-stream through one reused buffer, so memory stays ``O(buffer_size + max_size)`` however long the
-stream is. The cuts are exactly those FastCDC makes over the whole input at once, whatever sizes
-the stream's reads return: FastCDC decides a cut from the bytes between the chunk's start and the
-cut only, so a cut that falls strictly inside the buffered data (made by content), or a chunk of
-exactly ``max_size`` bytes, is final; a chunk that merely ran into the end of the buffer is carried
-over and chunked again once more data (or the end of the stream) has arrived.
+:class:`Chunker` runs FastCDC (``chunkstore.native._cdc``, C, the GIL released while it scans) over
+a :class:`GearTable`: the ``fastcdc`` package's own table (:func:`GearTable.standard`, cuts
+identical to that package's) or, in an encrypted repository, one derived from its key
+(:func:`GearTable.keyed`), so that nobody without the key can predict where the cuts fall (SPEC.md
+section 8). It feeds the scan a stream through one reused buffer, so memory stays ``O(buffer_size +
+max_size)`` however long the stream is. The cuts are exactly those FastCDC makes over the whole
+input at once, whatever sizes the stream's reads return: FastCDC decides a cut from the bytes
+between the chunk's start and the cut only, so a cut that falls strictly inside the buffered data
+(made by content), or a chunk of exactly ``max_size`` bytes, is final; a chunk that merely ran into
+the end of the buffer is carried over and chunked again once more data (or the end of the stream)
+has arrived.
 """
 
 from __future__ import annotations
 
+import hmac
+import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
-from chunkstore.errors import ChunkstoreError, UsageError
+from chunkstore.errors import UsageError
+from chunkstore.native import _cdc
 from index.errors import Malformed
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "Chunker",
     "ChunkerParams",
+    "GearTable",
 ]
 
 KIB = 1024
@@ -40,15 +48,53 @@ MAX_CHUNK_SIZE = 64 * MIB
 #: Default size of the read buffer of :meth:`Chunker.chunks`.
 DEFAULT_BUFFER_SIZE = 8 * MIB
 
-# Lower bounds of the compiled FastCDC (its MINIMUM_MIN, AVERAGE_MIN and MAXIMUM_MIN); its entry
-# point ``chunk_generator`` does not check them itself.
+# Lower bounds of FastCDC (the ``fastcdc`` package's MINIMUM_MIN, AVERAGE_MIN and MAXIMUM_MIN).
 _MIN_MIN_SIZE = 64
 _MIN_AVG_SIZE = 256
 _MIN_MAX_SIZE = 1024
 
 _CBOR_KEYS = frozenset({"min", "avg", "max"})
 
-_ChunkGenerator = Callable[[memoryview, int, int, int, bool, Any], Iterator[Any]]
+#: Label of the keyed table's entries: entry i is HMAC-SHA256(mac_key, label || uint8(i))[:4], LE.
+GEAR_LABEL = b"chunkstore.v2.gear\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class GearTable:
+    """FastCDC's 256 gear values, as 1024 bytes (uint32 little-endian), and where they come from.
+
+    ``kind`` is ``"standard"`` (the ``fastcdc`` package's table, public) or ``"keyed"`` (derived
+    from a repository's MAC key, secret: ``repr`` never shows it).
+    """
+
+    kind: str
+    table: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        """Check the size and kind."""
+        if self.kind not in ("standard", "keyed"):
+            raise UsageError(f"unknown gear table kind {self.kind!r:.40}")
+        if not isinstance(self.table, bytes) or len(self.table) != 1024:
+            raise UsageError("a gear table is 1024 bytes (256 uint32 little-endian)")
+
+    @classmethod
+    def standard(cls) -> GearTable:
+        """The ``fastcdc`` package's table: the cuts of plain repositories and of ``analyze``."""
+        return cls("standard", _cdc.standard_table())
+
+    @classmethod
+    def keyed(cls, mac_key: bytes) -> GearTable:
+        """The table of an encrypted repository: ``HMAC-SHA256(mac_key, GEAR_LABEL || i)[:4]``."""
+        if not isinstance(mac_key, bytes) or len(mac_key) != 32:
+            raise UsageError("the gear table key must be 32 bytes")
+        table = b"".join(
+            hmac.digest(mac_key, GEAR_LABEL + bytes([i]), "sha256")[:4] for i in range(256)
+        )
+        return cls("keyed", table)
+
+    def values(self) -> tuple[int, ...]:
+        """The 256 entries as integers."""
+        return struct.unpack("<256I", self.table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +157,6 @@ class ChunkerParams:
             raise Malformed(f"invalid chunker parameters: {exc}") from exc
 
 
-def _load_chunk_generator() -> _ChunkGenerator:
-    """The compiled FastCDC entry point, or a :class:`ChunkstoreError` saying how to get it.
-
-    ``fastcdc``'s package ``__init__`` silently falls back to a pure-Python implementation (~100
-    times slower) when the extension is missing; chunkstore refuses that and imports the compiled
-    module directly.
-    """
-    try:
-        from fastcdc.fastcdc_cy import chunk_generator
-    except ImportError as exc:
-        raise ChunkstoreError(
-            "the compiled FastCDC extension (fastcdc.fastcdc_cy) cannot be imported"
-            f" ({exc}); reinstall the fastcdc package (>=1.7,<2) from a binary wheel for this"
-            " platform, or with a C compiler available so its Cython extension is built"
-        ) from exc
-    generator: _ChunkGenerator = chunk_generator
-    return generator
-
-
 def _reader(stream: BinaryIO) -> Callable[[memoryview], int]:
     """A function filling a memoryview from ``stream`` and returning the count (0 at EOF)."""
     readinto = getattr(stream, "readinto", None)
@@ -172,20 +199,29 @@ class Chunker:
 
     ``buffer_size`` is the read buffer of :meth:`chunks`; it is raised to ``2 * max_size`` when
     smaller, so each refill holds at least one full-length chunk. A chunker holds no per-stream
-    state and may be used for any number of inputs, one after another or interleaved.
+    state and may be used for any number of inputs, one after another or interleaved. ``gear``
+    is the table (the standard one by default).
     """
 
-    __slots__ = ("_buffer_size", "_generator", "_params", "_spare")
+    __slots__ = ("_buffer_size", "_gear", "_params", "_spare")
 
-    def __init__(self, params: ChunkerParams, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
-        """Check the arguments and load the compiled FastCDC (raises if it is missing)."""
+    def __init__(
+        self,
+        params: ChunkerParams,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        gear: GearTable | None = None,
+    ) -> None:
+        """Check the arguments."""
         if not isinstance(params, ChunkerParams):
             raise UsageError(f"chunker params must be ChunkerParams, not {type(params).__name__}")
+        if gear is not None and not isinstance(gear, GearTable):
+            raise UsageError(f"chunker gear must be a GearTable, not {type(gear).__name__}")
         if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
             raise UsageError(f"chunker buffer_size must be a positive integer, not {buffer_size!r}")
         self._params = params
         self._buffer_size = max(buffer_size, 2 * params.max_size)
-        self._generator = _load_chunk_generator()
+        self._gear = gear or GearTable.standard()
         # One read buffer is kept between calls: allocating (and zero-filling) 8 MiB per input
         # dominated the cost of chunking many small files. Interleaved calls get their own.
         self._spare: bytearray | None = None
@@ -196,14 +232,22 @@ class Chunker:
         return self._params
 
     @property
+    def gear(self) -> GearTable:
+        """The gear table in use."""
+        return self._gear
+
+    @property
     def buffer_size(self) -> int:
         """The effective read-buffer size of :meth:`chunks` (at least ``2 * max_size``)."""
         return self._buffer_size
 
-    def _cuts(self, view: memoryview) -> Iterator[Any]:
-        """FastCDC's chunks (objects with ``offset`` and ``length``) of ``view`` taken alone."""
+    def _cuts(self, view: memoryview) -> Iterator[tuple[int, int]]:
+        """FastCDC's chunks ``(offset, length)`` of ``view`` taken alone."""
         p = self._params
-        return self._generator(view, p.min_size, p.avg_size, p.max_size, False, None)
+        offset = 0
+        for length in _cdc.cuts(view, self._gear.table, p.min_size, p.avg_size, p.max_size):
+            yield offset, length
+            offset += length
 
     def chunk_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """The chunks of ``data`` held whole in memory, as ``bytes``; none for empty input."""
@@ -214,8 +258,8 @@ class Chunker:
                 f"chunk_bytes needs contiguous bytes-like data, not {type(data).__name__}"
             ) from exc
         with view:
-            for cut in self._cuts(view):
-                yield bytes(view[cut.offset : cut.offset + cut.length])
+            for offset, length in self._cuts(view):
+                yield bytes(view[offset : offset + length])
 
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
         """The chunks of ``stream`` read to its end, as ``bytes``; none for an empty stream.
@@ -249,12 +293,11 @@ class Chunker:
                     return
                 done = 0
                 with whole[:filled] as view:
-                    for cut in self._cuts(view):
-                        start = cut.offset
-                        end = start + cut.length
+                    for start, length in self._cuts(view):
+                        end = start + length
                         # A cut at the end of the buffered data may only be the data running
                         # out; it is final only at EOF or when the chunk has reached max_size.
-                        if end == filled and not eof and cut.length < max_size:
+                        if end == filled and not eof and length < max_size:
                             break
                         yield bytes(view[start:end])
                         done = end

@@ -11,11 +11,17 @@ Blobs are listed in pack order and their offsets are the running sums of the len
 can neither overlap nor leave gaps: the lengths plus header plus trailer must equal the pack size.
 The header is at the end (restic's layout) so blobs stream out as they are produced. A pack's id is
 the SHA-256 of all its bytes, which is also its OCI blob digest in a registry.
+
+In an encrypted repository the blobs of a pack are written in a random order (a fresh permutation
+from the OS's CSPRNG per pack), not in the order the chunker produced them, so the layout of a pack
+does not follow the files' chunk sequence (RELIABILITY.md, threat model). Plain packs keep the
+order of arrival, so equal inputs still give byte-identical packs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
 from collections.abc import Callable
 
@@ -84,6 +90,8 @@ class PackWriter:
         The header is parsed back from the finished bytes before returning, so a pack is never
         handed on with a header that does not describe it.
         """
+        if self._codec.config.encrypted and len(self._entries) > 1:
+            self._shuffle()
         plain = encode_header(self._entries)
         header = self._codec.encode_file(_ROLE, plain)
         if len(header) > MAX_HEADER_SIZE:
@@ -96,6 +104,17 @@ class PackWriter:
             raise CorruptPack("pack header does not read back as written")
         entries, self._entries, self._parts, self._size = self._entries, [], [], 0
         return pack_id, data, entries
+
+    def _shuffle(self) -> None:
+        order = list(range(len(self._entries)))
+        random.SystemRandom().shuffle(order)
+        parts = [self._parts[i] for i in order]
+        entries, offset = [], 0
+        for i in order:
+            e = self._entries[i]
+            entries.append(PackEntry(e.type, e.id, offset, e.length, e.raw_length))
+            offset += e.length
+        self._parts, self._entries = parts, entries
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:

@@ -37,7 +37,7 @@ from chunkstore import crypto
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.blob import BlobType, Location, StoredBlob
 from chunkstore.blobcache import BlobCache
-from chunkstore.chunker import ChunkerParams
+from chunkstore.chunker import ChunkerParams, GearTable
 from chunkstore.codec import BlobCodec
 from chunkstore.config import DEFAULT_PACK_SIZE, RepoConfig
 from chunkstore.errors import (
@@ -147,7 +147,15 @@ class Repository:
         )
         #: What the user should know about this repository's pins (also logged as warnings).
         self.notices: list[str] = list(pinned.notices)
-        for notice in pinned.notices:
+        if config.encrypted and config.gear == "standard":
+            self.notices.append(
+                "this encrypted repository cuts chunks with the public FastCDC table (config"
+                f" version {config.version}, made before format 2 or from such a repository's"
+                " keys): the sizes of its packs and blobs can reveal which known files it holds"
+                " (SPEC.md section 8); a repository made with 'init --encrypt' now uses a table"
+                " derived from its key"
+            )
+        for notice in self.notices:
             log.warning("%s", notice)
         self.index = IndexDB(self.cache_dir / "index", config.id_algorithm)
         self._verify_packs = verify_packs
@@ -209,6 +217,7 @@ class Repository:
         repository is encrypted exactly when that one is).
         """
         master: crypto.MasterKey | None = None
+        gear: str | None = None
         if keys_from is not None:
             if keys_from.config.encrypted != (password is not None):
                 raise UsageError(
@@ -218,6 +227,7 @@ class Repository:
                 )
             master = keys_from._master
             chunker = keys_from.config.chunker
+            gear = keys_from.config.gear  # same key and kind: the same table, the same cuts
         elif password is not None:
             master = crypto.MasterKey.generate()
         try:
@@ -226,12 +236,13 @@ class Repository:
             pass
         else:
             raise RepositoryExists(f"a repository already exists at {backend.location}")
-        config = RepoConfig(
-            repo_id=os.urandom(32),
+        config = RepoConfig.new(
+            os.urandom(32),
             encrypted=password is not None,
             chunker=chunker or ChunkerParams(),
             pack_size=pack_size,
             compression_level=compression_level,
+            gear=gear,
         )
         backend.create()
         if master is not None and password is not None:
@@ -239,6 +250,15 @@ class Repository:
         # The config is written last: a repository without config does not exist yet.
         backend.save(Handle.config(), config.encode(master.mac if master else None))
         return cls(backend, config, master, cache_dir, created=True, index_limits=index_limits)
+
+    @property
+    def gear_table(self) -> GearTable:
+        """The chunker's gear table: keyed by the MAC key when the config says so."""
+        if self.config.gear == "keyed":
+            if self._master is None:  # RepoConfig refuses a keyed table without encryption
+                raise UsageError("a keyed chunker table needs the repository's key")
+            return GearTable.keyed(self._master.mac)
+        return GearTable.standard()
 
     @staticmethod
     def _write_key(

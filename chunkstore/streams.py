@@ -109,7 +109,7 @@ class ChunkStorer:
         self._repo = repo
         self._workers = max(1, workers)
         self._progress = progress
-        self._chunker = Chunker(repo.config.chunker)
+        self._chunker = Chunker(repo.config.chunker, gear=repo.gear_table)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="chunkstore")
         self.stats = StoreStats()
         # The batch being filled: chunks, and the handle each belongs to.

@@ -62,7 +62,12 @@ def build(codec: BlobCodec, blobs: list[tuple[BlobType, bytes]]) -> tuple[Digest
         writer.add(blob)
         stored.append((blob, plain))
     pack_id, data, entries = writer.finish()
-    return pack_id, data, [(e, b, p) for e, (b, p) in zip(entries, stored, strict=True)]
+    # Encrypted packs shuffle their blobs (pack.py): pair each entry with the blob at its place.
+    if not codec.config.encrypted:
+        return pack_id, data, [(e, b, p) for e, (b, p) in zip(entries, stored, strict=True)]
+    by_data = {b.data: (b, p) for b, p in stored}  # sealed blobs differ (random nonces)
+    assert len(entries) == len(by_data)
+    return pack_id, data, [(e, *by_data[data[e.offset : e.offset + e.length]]) for e in entries]
 
 
 def trailer(header_len: int, magic: bytes = b"CSP", version: int = HEADER_VERSION) -> bytes:

@@ -206,7 +206,7 @@ def test_config_mac_tamper_is_detected(tmp_path: Path) -> None:
     backend = MemoryBackend()
     init(backend, tmp_path / "c", PASSWORD).close()
     raw = backend.load(Handle.config())
-    env = cbor.decode_envelope(raw, kind="config", versions=(1, 1), max_size=1 << 16)
+    env = cbor.decode_envelope(raw, kind="config", versions=(1, 2), max_size=1 << 16)
     body = dict(env.data)
     assert body["pack_size"] == PACK_SIZE
     body["pack_size"] = 2 * PACK_SIZE  # keep the old MAC

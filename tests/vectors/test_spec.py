@@ -46,6 +46,7 @@ EXPECTED = {
     "blob-sealed",
     "key-file",
     "chunker-fastcdc",
+    "chunker-fastcdc-keyed",
     "tree-blob",
     "registry-file-manifest",
     "image-layer-reproduced",
