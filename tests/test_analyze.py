@@ -19,9 +19,9 @@ from chunkstore.chunker import Chunker, ChunkerParams
 from chunkstore.cli import main
 from chunkstore.errors import UsageError
 from chunkstore.images.backup import backup_image
+from tests.corpus import MINBASE, require_corpus
 from tests.images.test_backup_restore import layer_tar, write_image
 
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
 RNG = random.Random(6)
 X = RNG.randbytes(10_000)
 Y = RNG.randbytes(5_000)
@@ -177,17 +177,17 @@ def test_dir_source_agrees_with_a_walk_of_the_directory() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not built (tools/build_corpus)")
 def test_real_image_agrees_with_tarfile() -> None:
     """bookworm-minbase: file bytes and distinct contents as Python's tarfile sees them."""
-    ref = "bookworm-minbase"
-    index = json.loads((CORPUS / "index.json").read_text())
+    ref = MINBASE
+    corpus = require_corpus(ref)
+    index = json.loads((corpus / "index.json").read_text())
     (entry,) = [
         m
         for m in index["manifests"]
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
     ]
-    blob = CORPUS / "blobs" / "sha256"
+    blob = corpus / "blobs" / "sha256"
     manifest = json.loads((blob / entry["digest"].split(":")[1]).read_bytes())
     (layer,) = manifest["layers"]
     total = 0
@@ -200,7 +200,7 @@ def test_real_image_agrees_with_tarfile() -> None:
                 data = f.read()
                 total += len(data)
                 contents[hashlib.sha256(data).hexdigest()] = len(data)
-    a = analyze([f"oci:{CORPUS}:{ref}"], chunk_sizes=[65536], workers=2)
+    a = analyze([f"oci:{corpus}:{ref}"], chunk_sizes=[65536], workers=2)
     assert a.totals.logical_file_bytes == total
     assert a.totals.file_level_bytes == sum(contents.values())
     assert a.totals.distinct_files == sum(1 for v in contents.values() if v)

@@ -23,8 +23,8 @@ from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OC
 from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
 from index.ids import sha256
+from tests.corpus import MINBASE, MINBASE_REBUILT, require_corpus
 
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
@@ -144,14 +144,14 @@ def test_inconsistent_diff_id_records_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not CORPUS.exists(), reason="real-image corpus not built (tools/build_corpus)")
 def test_real_debian_image_round_trip(tmp_path: Path) -> None:
+    corpus = require_corpus(MINBASE, MINBASE_REBUILT)
     repo = new_repo(tmp_path)
-    backup_image(repo, f"oci:{CORPUS}:bookworm-minbase", "minbase")
+    backup_image(repo, f"oci:{corpus}:{MINBASE}", "minbase")
     first = repo.stats["bytes_written"]
-    backup_image(repo, f"oci:{CORPUS}:bookworm-python3-rebuilt", "rebuilt")
+    backup_image(repo, f"oci:{corpus}:{MINBASE_REBUILT}", "rebuilt")
     restore_image(repo, "minbase", f"oci:{tmp_path / 'out'}:minbase")
-    (a,) = OCILayout(CORPUS).resolve("bookworm-minbase")
+    (a,) = OCILayout(corpus).resolve(MINBASE)
     (b,) = OCILayout(tmp_path / "out").resolve("minbase")
     assert a.config_bytes == b.config_bytes
     assert repo.stats["bytes_written"] > first

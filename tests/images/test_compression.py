@@ -9,7 +9,6 @@ import os
 import random
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import zstandard
@@ -29,8 +28,6 @@ from chunkstore.images.decompress import (
 )
 from chunkstore.images.recompress import recompress
 from index.ids import Digest, sha256
-
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
 
 
 def _payload(n: int = 300_000) -> bytes:

@@ -26,8 +26,8 @@ from chunkstore.images.oci_layout import (
 )
 from chunkstore.images.recompress import recompress
 from index.ids import Digest, sha256
+from tests.corpus import MINBASE, require_corpus
 
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
 SKOPEO = shutil.which("skopeo")
 UMOCI = shutil.which("umoci")
 
@@ -333,16 +333,15 @@ def test_umoci_reads(
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="image corpus not built (tools/build_corpus)")
 def test_corpus_resolves() -> None:
-    lay = OCILayout(CORPUS)
-    assert "bookworm-minbase" in lay.refs()
+    lay = OCILayout(require_corpus(MINBASE))
+    assert MINBASE in lay.refs()
     for ref in lay.refs():
         [img] = lay.resolve(ref, "linux/amd64")
         assert img.manifest_digest == sha256(img.manifest_bytes)
         config = json.loads(img.config_bytes)
         assert len(config["rootfs"]["diff_ids"]) == len(img.layers)
-    [img] = lay.resolve("bookworm-minbase")
+    [img] = lay.resolve(MINBASE)
     with lay.open_blob(img.layers[0]) as r:
         h = hashlib.sha256()
         while block := r.read(1 << 20):

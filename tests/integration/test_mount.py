@@ -26,6 +26,7 @@ from chunkstore import api
 from chunkstore.backends import RemoteOptions
 from chunkstore.browse import file_chunks, open_image, resolve_path
 from chunkstore.images.backup import backup_image
+from tests.corpus import MINBASE, corpus_has, require_corpus
 from tests.integration.registry_fixture import start_registry
 
 pytestmark = [
@@ -37,7 +38,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="mknod, chown and chroot need root"),
 ]
 
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
 BIG = os.urandom(3_000_000)
 
 
@@ -279,20 +279,15 @@ def test_hung_registry_gives_eio_within_deadline_then_recovers(tmp_path: Path) -
         handle.stop()
 
 
-def _corpus_has(ref: str) -> bool:
-    index = CORPUS / "index.json"
-    return index.exists() and f'"{ref}"' in index.read_text()
-
-
-@pytest.mark.skipif(not _corpus_has("bookworm-minbase"), reason="no Debian corpus")
 def test_chroot_into_a_debian_image(tmp_path: Path) -> None:
     # One image keeps the test short: the python image when the corpus has it (it is a full
     # Debian too), else minbase.
-    python = _corpus_has("bookworm-python3")
-    ref = "bookworm-python3" if python else "bookworm-minbase"
+    corpus = require_corpus(MINBASE)
+    python = corpus_has("bookworm-python3")
+    ref = "bookworm-python3" if python else MINBASE
     repo_path = tmp_path / "repo"
     with api.init_repository(repo_path, cache_dir=tmp_path / "cache") as repo:
-        backup_image(repo, f"oci:{CORPUS}:{ref}", ref)
+        backup_image(repo, f"oci:{corpus}:{ref}", ref)
         compressed = sum(layer.size for layer in open_image(repo, ref).layers)
     mnt, stats = tmp_path / "mnt", tmp_path / "stats.json"
     start = time.monotonic()
