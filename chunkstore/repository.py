@@ -388,10 +388,22 @@ class Repository:
         """Merge new index files into the local cache; returns how many were merged."""
         listed = self.index_files()
         known = self.index.merged_files()
-        loaded = self._load_all(self.load_index_file, [f for f in listed if f not in known])
-        return self.index.sync(
-            listed, lambda f: loaded[f] if f in loaded else self.load_index_file(f)
-        )
+        # IndexDB.sync merges the files it lacks in sorted order (all of them if one it merged is
+        # gone). They are loaded concurrently a window at a time, each dropped once merged: memory
+        # stays a few index files, not the whole index (tools/scale_sim.py; 800 bytes per blob).
+        order = sorted(set(listed))
+        if not known - set(listed):
+            order = [f for f in order if f not in known]
+        at = {f: i for i, f in enumerate(order)}
+        window: dict[Digest, IndexFile] = {}
+
+        def load(file_id: Digest) -> IndexFile:
+            if file_id not in window and file_id in at:
+                start = at[file_id]
+                window.update(self._load_all(self.load_index_file, order[start : start + 8]))
+            return window.pop(file_id, None) or self.load_index_file(file_id)
+
+        return self.index.sync(listed, load)
 
     def rebuild_index_cache(self) -> int:
         """Drop the local index cache and merge every index file again; returns how many."""
