@@ -50,6 +50,8 @@ INLINE_CHUNKS = 1024
 PART_MIN = 16 * 1024
 PART_MAX = 256 * 1024
 _MAX_PART_SIZE = 4 * PART_MAX + MAX_RAW_OP
+#: Largest layer-recipe root accepted (its part list).
+_MAX_ROOT_SIZE = 16 * 1024 * 1024
 _CUT_BELOW = 4  # first hash byte below this ends a part: 4/256 = 1 in 64
 
 
@@ -215,7 +217,7 @@ class RecipeRoot:
             data,
             kind="layer-recipe",
             versions=(RECIPE_VERSION, RECIPE_VERSION),
-            max_size=16 * 1024 * 1024,
+            max_size=_MAX_ROOT_SIZE,
         )
         d = env.data
         if not isinstance(d, dict) or set(d) != {"diff_id", "parts", "size"}:

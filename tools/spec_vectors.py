@@ -20,7 +20,7 @@ from chunkstore.pack import PackWriter
 from chunkstore.packindex import IndexedPack, IndexFile, encode_index
 from index import cbor
 from index.chunklist import ChunkRef
-from index.ids import sha256
+from index.ids import Digest, sha256
 from index.tree import Node, NodeType, encode_tree
 
 REPO_ID = bytes(range(32))
@@ -138,6 +138,8 @@ def main() -> None:
         )
     )
     out.extend(_image_vectors())
+    out.extend(_file_vectors())
+    out.extend(_image_tag_vectors())
     print("\n".join(out))
 
 
@@ -181,6 +183,136 @@ def _image_vectors() -> list[str]:
             output_hex=output.hex(),
         ),
     ]
+
+
+RECORD_TIME_NS = 1_700_000_000_123_456_789
+
+
+def _stream_record() -> bytes:
+    """A ``stream`` record's plaintext (section 9)."""
+    from index.record import Record
+
+    return Record(
+        "hello", RECORD_TIME_NS, "stream", {"lists": [sha256(b"list")], "size": 5}
+    ).encode()
+
+
+def _file_vectors() -> list[str]:
+    """Records (plain and encrypted files), recipe parts, locks and a zstd frame."""
+    from chunkstore.backends.base import FileType, Handle
+    from chunkstore.lock import LockInfo, _encode
+    from index.recipe import Content, ContentLists, RecipeBuilder
+
+    out = []
+    record = _stream_record()
+    plain = BlobCodec(RepoConfig(repo_id=REPO_ID, encrypted=False), None)
+    stored = plain.encode_file("record", record)
+    out.append(
+        block(
+            "record-stream",
+            record_cbor_hex=record.hex(),
+            stored_hex=stored.hex(),
+            file=f"records/{hashlib.sha256(stored).hexdigest()}",
+        )
+    )
+    aad = b"chunkstore.v1.file\x00" + REPO_ID + b"record"
+    sealed = bytes(nacl.secret.Aead(ENC_KEY).encrypt(b"\x00" + record, aad, bytes(24)))
+    out.append(
+        block(
+            "file-sealed",
+            repo_id_hex=REPO_ID.hex(),
+            enc_key_hex=ENC_KEY.hex(),
+            role="record",
+            plaintext="the record-stream vector's record_cbor_hex",
+            stored_hex=sealed.hex(),
+            file=f"records/{hashlib.sha256(sealed).hexdigest()}",
+        )
+    )
+    parts: list[bytes] = []
+
+    def save(data: bytes) -> Digest:
+        parts.append(data)
+        return sha256(data)
+
+    builder = RecipeBuilder(save)
+    builder.raw(b"header block".ljust(512, b"\x00"))
+    builder.content(Content(5, (ChunkRef(sha256(b"hello"), 5),)))
+    builder.content(ContentLists(70000, (sha256(b"list"),)))
+    builder.raw(bytes(1024))
+    root = builder.finish(sha256(b"tar"))
+    assert len(parts) == 1
+    out.append(
+        block(
+            "recipe-part",
+            ops="raw 512, content 5 inline, content 70000 by lists, raw 1024",
+            part_cbor_hex=parts[0].hex(),
+            root_cbor_hex=root.encode().hex(),
+        )
+    )
+    lock = LockInfo(
+        Handle(FileType.LOCK, "ab" * 32),
+        host="host-a",
+        pid=4242,
+        exclusive=True,
+        created_ns=RECORD_TIME_NS,
+        refreshed_ns=RECORD_TIME_NS + 300_000_000_000,
+        ttl_s=1800,
+    )
+    out.append(block("lock", lock_cbor_hex=_encode(lock).hex()))
+    text = b"hello, zstd " * 40
+    blob = plain.encode(BlobType.DATA, text)
+    out.append(
+        block(
+            "blob-zstd",
+            plaintext="b'hello, zstd ' repeated 40 times (480 bytes)",
+            id=str(blob.id),
+            stored_hex=bytes(blob.data).hex(),
+        )
+    )
+    return out
+
+
+def _image_tag_vectors() -> list[str]:
+    """The manifests of an image tag (section 10a), and their split above 8,000 files."""
+    from chunkstore.backends.base import FileType, Handle
+    from chunkstore.backends.registry import image_tag_manifests
+
+    rec = sha256(b"record file")
+    record = (Handle(FileType.RECORD, rec.raw.hex()), rec, 100)
+    files = [
+        (Handle(FileType.INDEX, sha256(b"index file").raw.hex()), sha256(b"index file"), 200),
+        (Handle(FileType.PACK, sha256(b"pack file").raw.hex()), sha256(b"pack file"), 300),
+    ]
+    (manifest,), index = image_tag_manifests(record, files)
+    assert index is None
+    out = [
+        block(
+            "registry-image-tag",
+            record="records/sha256(b'record file'), 100 bytes",
+            files="index/sha256(b'index file') 200 bytes, data/sha256(b'pack file') 300 bytes",
+            manifest_json=manifest.decode(),
+        )
+    ]
+    many = [_split_file(i) for i in range(8001)]
+    manifests, index = image_tag_manifests(record, many)
+    assert index is not None
+    out.append(
+        block(
+            "registry-image-tag-split",
+            record="as in registry-image-tag",
+            files="8001 packs: i = 0..8000, name and blob sha256(uint64_be(i)), size 1000 + i",
+            parts=" ".join(str(hashlib.sha256(m).hexdigest()) for m in manifests),
+            index_json=index.decode(),
+        )
+    )
+    return out
+
+
+def _split_file(i: int) -> tuple[object, ...]:
+    from chunkstore.backends.base import FileType, Handle
+
+    d = sha256(i.to_bytes(8, "big"))
+    return (Handle(FileType.PACK, d.raw.hex()), d, 1000 + i)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ __all__ = [
     "file_manifest",
     "file_media_type",
     "file_tag",
+    "image_tag_manifests",
     "open_registry_backend",
 ]
 
@@ -183,6 +184,66 @@ def _parse_manifest(handle: Handle, data: bytes, digest: Digest) -> _Entry:
     except (ValueError, KeyError, TypeError, AttributeError, Malformed) as exc:
         raise CorruptMetadata(f"{where} is invalid: {exc}") from exc
     return _Entry(blob, size, digest)
+
+
+def _canonical_json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _descriptor(handle: Handle, blob: Digest, size: int) -> dict[str, Any]:
+    return {
+        "mediaType": file_media_type(handle.type),
+        "digest": str(blob),
+        "size": size,
+        "annotations": {FILE_ANNOTATION: f"{handle.type.value}/{handle.name}"},
+    }
+
+
+def image_tag_manifests(
+    record: tuple[Handle, Digest, int],
+    files: Sequence[tuple[Handle, Digest, int]],
+    part_files: int = _PART_FILES,
+) -> tuple[list[bytes], bytes | None]:
+    """The manifests an image tag is made of (SPEC section 10a), and the index above them.
+
+    ``record`` and ``files`` are (handle, blob digest, size). One manifest (config: the record;
+    layers: the files) when at most ``part_files`` files, index None; else one manifest per
+    ``part_files`` files, each with the record as config, pushed by digest, and the OCI index the
+    tag then points at.
+    """
+    config = _descriptor(*record)
+    layers = [_descriptor(*f) for f in files]
+    parts = [layers[i : i + part_files] for i in range(0, len(layers), part_files)] or [[]]
+    manifests = [
+        _canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": _OCI_MANIFEST,
+                "artifactType": IMAGE_ARTIFACT_TYPE,
+                "config": config,
+                "layers": part,
+            }
+        )
+        for part in parts
+    ]
+    if len(manifests) == 1:
+        return manifests, None
+    descs = [
+        {
+            "mediaType": _OCI_MANIFEST,
+            "artifactType": IMAGE_ARTIFACT_TYPE,
+            "digest": str(_sha256(data)),
+            "size": len(data),
+        }
+        for data in manifests
+    ]
+    index = {
+        "schemaVersion": 2,
+        "mediaType": _OCI_INDEX,
+        "artifactType": IMAGE_ARTIFACT_TYPE,
+        "manifests": descs,
+    }
+    return manifests, _canonical_json(index)
 
 
 class RegistryBackend:
@@ -389,17 +450,6 @@ class RegistryBackend:
         )
 
     # ------------------------------------------------------------------ image tags
-    def _descriptor(self, handle: Handle, entry: _Entry) -> dict[str, Any]:
-        return {
-            "mediaType": file_media_type(handle.type),
-            "digest": str(entry.blob),
-            "size": entry.size,
-            "annotations": {FILE_ANNOTATION: f"{handle.type.value}/{handle.name}"},
-        }
-
-    def _json(self, doc: dict[str, Any]) -> bytes:
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
     def publish(self, tag: str, record: Handle, files: Sequence[Handle]) -> Digest:
         """Point image tag ``tag`` at a manifest whose config is ``record`` and layers ``files``.
 
@@ -420,41 +470,13 @@ class RegistryBackend:
                     f"{self.location} does not serve {h} (blob {e.blob.short}); the image tag "
                     f"{tag!r} was not pushed; run 'chunkstore check'"
                 )
-        config = self._descriptor(record, entries[0])
-        layers = [self._descriptor(h, e) for h, e in zip(files, entries[1:], strict=True)]
-        parts = [layers[i : i + _PART_FILES] for i in range(0, len(layers), _PART_FILES)] or [[]]
-        manifests = [
-            self._json(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": _OCI_MANIFEST,
-                    "artifactType": IMAGE_ARTIFACT_TYPE,
-                    "config": config,
-                    "layers": part,
-                }
-            )
-            for part in parts
-        ]
-        if len(manifests) == 1:
+        described = [(h, e.blob, e.size) for h, e in zip(handles, entries, strict=True)]
+        manifests, index = image_tag_manifests(described[0], described[1:])
+        if index is None:
             return self._client.put_manifest(tag, manifests[0], _OCI_MANIFEST)
-        descs = []
         for data in manifests:
-            digest = self._client.put_manifest(_sha256(data), data, _OCI_MANIFEST)
-            descs.append(
-                {
-                    "mediaType": _OCI_MANIFEST,
-                    "artifactType": IMAGE_ARTIFACT_TYPE,
-                    "digest": str(digest),
-                    "size": len(data),
-                }
-            )
-        index = {
-            "schemaVersion": 2,
-            "mediaType": _OCI_INDEX,
-            "artifactType": IMAGE_ARTIFACT_TYPE,
-            "manifests": descs,
-        }
-        return self._client.put_manifest(tag, self._json(index), _OCI_INDEX)
+            self._client.put_manifest(_sha256(data), data, _OCI_MANIFEST)
+        return self._client.put_manifest(tag, index, _OCI_INDEX)
 
     def published_record(self, tag: str) -> Digest | None:
         """The record blob digest image tag ``tag`` points at (None: no such image tag)."""
