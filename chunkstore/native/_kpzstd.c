@@ -2,8 +2,8 @@
  * reproduction of zstd layers written by containers/image (skopeo, podman, buildah:
  * --dest-compress-format zstd). The encoder itself is kpzstd/enc.c.
  *
- * Encoder(level=2, prefix=8): level is klauspost's EncoderLevel (2 = SpeedDefault, the only one
- * so far); prefix is how many leading bytes the producer writes before handing the rest to
+ * Encoder(level=2, prefix=8): level is klauspost's EncoderLevel (1 = SpeedFastest, 2 =
+ * SpeedDefault; better and best are not done); prefix is how many leading bytes the producer writes before handing the rest to
  * ReadFrom (containers/image: the 8 bytes it peeks at to detect compression).
  */
 #define PY_SSIZE_T_CLEAN
@@ -34,13 +34,14 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kw) {
     int level = KZ_LEVEL_DEFAULT;
     Py_ssize_t prefix = 8;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|in:Encoder", names, &level, &prefix)) return -1;
-    if (level != KZ_LEVEL_DEFAULT) {
+    if (level != KZ_LEVEL_DEFAULT && level != KZ_LEVEL_FASTEST) {
         PyErr_Format(PyExc_ValueError,
-                     "klauspost zstd level must be 2 (SpeedDefault), not %d", level);
+                     "klauspost zstd level must be 1 (SpeedFastest) or 2 (SpeedDefault), not %d",
+                     level);
         return -1;
     }
-    if (prefix < 1 || prefix > 131072) {
-        PyErr_Format(PyExc_ValueError, "prefix must be 1..131072, not %zd", prefix);
+    if (prefix < 1 || prefix > 65536) {
+        PyErr_Format(PyExc_ValueError, "prefix must be 1..65536, not %zd", prefix);
         return -1;
     }
     if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
@@ -184,6 +185,7 @@ PyMODINIT_FUNC PyInit__kpzstd(void) {
     if (PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0 ||
         PyModule_AddStringConstant(m, "KLAUSPOST_COMPRESS_VERSION", "1.15.12") < 0 ||
         PyModule_AddIntConstant(m, "LEVEL_DEFAULT", KZ_LEVEL_DEFAULT) < 0 ||
+        PyModule_AddIntConstant(m, "LEVEL_FASTEST", KZ_LEVEL_FASTEST) < 0 ||
         PyModule_AddIntConstant(m, "CONTAINERS_IMAGE_PREFIX", 8) < 0) {
         Py_DECREF(m);
         return NULL;

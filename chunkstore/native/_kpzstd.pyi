@@ -2,13 +2,15 @@
 
 KLAUSPOST_COMPRESS_VERSION: str
 LEVEL_DEFAULT: int
+LEVEL_FASTEST: int
 CONTAINERS_IMAGE_PREFIX: int
 
 class Encoder:
     """The whole zstd frame klauspost's streaming ``Encoder`` writes (``zstd.NewWriter``).
 
-    ``level`` is klauspost's ``EncoderLevel``: only 2 (``SpeedDefault``) so far. ``prefix``: the
-    producer writes its first ``prefix`` bytes with ``Write`` and the rest with ``ReadFrom``, which
+    ``level`` is klauspost's ``EncoderLevel``: 1 (``SpeedFastest``) or 2
+    (``SpeedDefault``); the better and best levels are not done. ``prefix`` (1..65536):
+    the producer writes its first ``prefix`` bytes with ``Write`` and the rest with ``ReadFrom``, which
     flushes those bytes as a block of their own (containers/image: 8, the bytes it peeks at to
     detect compression). The output does not depend on how the input is split across calls.
     """

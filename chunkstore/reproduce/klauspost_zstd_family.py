@@ -7,12 +7,14 @@ first 8 bytes to detect compression: those 8 bytes are written first, and ``Read
 them as a block of their own before cutting the rest into 128 KiB blocks. The encoder is native
 (:mod:`chunkstore.native._kpzstd`), written from how the Go package works, and exact for
 klauspost/compress **1.15.12** (Debian bookworm's skopeo 1.9.3) at ``SpeedDefault`` (no
-``--dest-compress-level``, or levels 3..5). The output does not depend on the writer's
-concurrency.
+``--dest-compress-level``, or levels 3..5: 128 KiB blocks, 8 MiB window) and ``SpeedFastest``
+(levels below 3: 64 KiB blocks, 4 MiB window, blocks of only literals stored raw). Levels 6 and up
+(``SpeedBetterCompression``, ``SpeedBestCompression``) are not reproduced. The output does not
+depend on the writer's concurrency.
 
-Header: the frame has the checksum flag, no content size and no dictionary (FHD 0x04), an 8 MiB
-window descriptor (0x68), and its first block is a raw block of the 1..8 peeked bytes that is not
-the last one.
+Header: the frame has the checksum flag, no content size and no dictionary (FHD 0x04), the
+level's window descriptor (0x68 default, 0x60 fastest; 0x70 and 0x78 are the levels not done),
+and its first block is a raw block of the 1..8 peeked bytes that is not the last one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ _MAGIC = b"\x28\xb5\x2f\xfd"
 #: Frame header descriptor: checksum flag only (no single segment, content size or dictionary).
 _FHD = 0x04
 #: klauspost's EncoderLevel numbers by the name recorded in params, with their window descriptor.
-_LEVELS = {"default": (_kpzstd.LEVEL_DEFAULT, 0x68)}
+_LEVELS = {"default": (_kpzstd.LEVEL_DEFAULT, 0x68), "fastest": (_kpzstd.LEVEL_FASTEST, 0x60)}
 
 
 class KlauspostZstdFamily:
@@ -43,7 +45,8 @@ class KlauspostZstdFamily:
     name = "klauspost-zstd"
 
     def candidates(self, header: bytes) -> list[Candidate]:
-        """The default level, unless the frame header (and first block) rule klauspost out."""
+        """The level the window descriptor names, unless the frame header or first block rule
+        klauspost out."""
         if len(header) < 6 or header[:4] != _MAGIC or header[4] != _FHD:
             return []
         out = []
@@ -70,6 +73,6 @@ class KlauspostZstdFamily:
             raise ValueError(f"klauspost zstd version {version!r} is not reproducible here")
         if not isinstance(level, str) or level not in _LEVELS:
             raise ValueError(f"klauspost zstd level {level!r} is not reproducible here")
-        if type(prefix) is not int or not 1 <= prefix <= 128 * 1024:
-            raise ValueError(f"klauspost zstd prefix {prefix!r} must be an int in 1..131072")
+        if type(prefix) is not int or not 1 <= prefix <= 64 * 1024:
+            raise ValueError(f"klauspost zstd prefix {prefix!r} must be an int in 1..65536")
         return _kpzstd.Encoder(_LEVELS[level][0], prefix)

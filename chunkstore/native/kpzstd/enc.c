@@ -882,6 +882,8 @@ typedef struct {
 
 struct kz_enc {
     int level;
+    size_t block;  /* input per block: 128 KiB, 64 KiB at SpeedFastest */
+    int raw_lits;  /* blocks of literals only are stored raw (SpeedFastest) */
     size_t prefix;
     int32_t window;
     uint8_t *hist;
@@ -904,6 +906,9 @@ struct kz_enc {
 };
 
 static inline uint32_t hash8(uint64_t u) { return (uint32_t)((u * 0xcf1bbcdcb7a56463ull) >> (64 - LONG_BITS)); }
+static inline uint32_t hash6(uint64_t u) {
+    return (uint32_t)(((u << 16) * 227718039650203ull) >> (64 - SHORT_BITS));
+}
 static inline uint32_t hash5(uint64_t u) {
     return (uint32_t)(((u << 24) * 889523592379ull) >> (64 - SHORT_BITS));
 }
@@ -952,23 +957,129 @@ static int32_t hist_add(kz_enc *e, const uint8_t *src, size_t n) {
     return s;
 }
 
+/* Before e->cur can overflow: forget or rebase the table entries (lt may be NULL). */
+static void rebase(kz_enc *e, entry *lt, entry *st) {
+    const int32_t maxoff = e->window;
+    if (e->cur < RESET_AT) return;
+    if (e->histlen == 0) {
+        if (lt) memset(lt, 0, sizeof(entry) << LONG_BITS);
+        memset(st, 0, sizeof(entry) << SHORT_BITS);
+    } else {
+        int32_t minoff = e->cur + (int32_t)e->histlen - maxoff;
+        for (size_t i = 0; i < (1u << SHORT_BITS); i++)
+            st[i].off = st[i].off < minoff ? 0 : st[i].off - e->cur + maxoff;
+        for (size_t i = 0; lt && i < (1u << LONG_BITS); i++)
+            lt[i].off = lt[i].off < minoff ? 0 : lt[i].off - e->cur + maxoff;
+    }
+    e->cur = maxoff;
+}
+
+/* The SpeedFastest match finder: one table hashed on 6 bytes, probing two positions. */
+static int fast_block(kz_enc *e, const uint8_t *blk, size_t n) {
+    entry *tb = e->stab;
+    const int32_t maxoff = e->window;
+    rebase(e, NULL, tb);
+    int32_t s = hist_add(e, blk, n);
+    if (n < 10) {
+        add_lits(e, blk, n);
+        return 0;
+    }
+    const uint8_t *src = e->hist;
+    const size_t len = e->histlen;
+    const int32_t slimit = (int32_t)len - 8;
+    const int32_t cur = e->cur;
+    int32_t next = s;
+    uint64_t cv = ld64(src + s);
+    int32_t off1 = 0, off2 = 0; /* never read before three sequences set them */
+
+    for (;;) {
+        int32_t t;
+        int rep_ok = e->nseq > 2;
+        for (;;) {
+            uint32_t h0 = hash6(cv), h1 = hash6(cv >> 8);
+            entry c0 = tb[h0], c1 = tb[h1];
+            int32_t repi = s - off1 + 2;
+            tb[h0] = (entry){s + cur, (uint32_t)cv};
+            tb[h1] = (entry){s + cur + 1, (uint32_t)(cv >> 8)};
+            if (rep_ok && repi >= 0 && ld32(src + repi) == (uint32_t)(cv >> 16)) {
+                int32_t l = 4 + match_len(src, len, s + 6, repi + 4);
+                uint32_t ml = (uint32_t)(l - 3);
+                int32_t start = s + 2, lim = next + 1;
+                int32_t smin = s - maxoff;
+                if (smin < 0) smin = 0;
+                while (repi > smin && start > lim && src[repi - 1] == src[start - 1] &&
+                       ml < MAX_MATCH - 3) {
+                    repi--;
+                    start--;
+                    ml++;
+                }
+                uint32_t ll = 0;
+                if (start != next) {
+                    add_lits(e, src + next, (size_t)(start - next));
+                    ll = (uint32_t)(start - next);
+                }
+                if (add_seq(e, ll, ml, 1)) return -1;
+                s += l + 2;
+                next = s;
+                if (s >= slimit) goto done;
+                cv = ld64(src + s);
+                continue;
+            }
+            int32_t d0 = s - (c0.off - cur), d1 = s - (c1.off - cur) + 1;
+            if (d0 < maxoff && (uint32_t)cv == c0.val) {
+                t = c0.off - cur;
+                break;
+            }
+            if (d1 < maxoff && (uint32_t)(cv >> 8) == c1.val) {
+                t = c1.off - cur;
+                s++;
+                break;
+            }
+            s += 2 + ((s - next) >> 5);
+            if (s >= slimit) goto done;
+            cv = ld64(src + s);
+        }
+        off2 = off1;
+        off1 = s - t;
+        int32_t l = match_len(src, len, s + 4, t + 4) + 4;
+        int32_t tmin = s - maxoff;
+        if (tmin < 0) tmin = 0;
+        while (t > tmin && s > next && src[t - 1] == src[s - 1] && l < MAX_MATCH) {
+            s--;
+            t--;
+            l++;
+        }
+        uint32_t ll = (uint32_t)(s - next);
+        if (ll) add_lits(e, src + next, ll);
+        if (add_seq(e, ll, (uint32_t)(l - 3), (uint32_t)(s - t) + 3)) return -1;
+        s += l;
+        next = s;
+        if (s >= slimit) break;
+        cv = ld64(src + s);
+        int32_t o2 = s - off2;
+        if (rep_ok && o2 >= 0 && ld32(src + o2) == (uint32_t)cv) {
+            int32_t l2 = 4 + match_len(src, len, s + 4, o2 + 4);
+            tb[hash6(cv)] = (entry){s + cur, (uint32_t)cv};
+            if (add_seq(e, 0, (uint32_t)(l2 - 3), 1)) return -1;
+            s += l2;
+            next = s;
+            int32_t x = off1;
+            off1 = off2;
+            off2 = x;
+            if (s >= slimit) break;
+            cv = ld64(src + s);
+        }
+    }
+done:
+    if ((size_t)next < len) add_lits(e, src + next, len - (size_t)next);
+    return 0;
+}
+
 /* The double-fast match finder over one block (appends literals and sequences). */
 static int dfast_block(kz_enc *e, const uint8_t *blk, size_t n) {
     entry *lt = e->ltab, *st = e->stab;
     const int32_t maxoff = e->window;
-    if (e->cur >= RESET_AT) {
-        if (e->histlen == 0) {
-            memset(lt, 0, sizeof(entry) << LONG_BITS);
-            memset(st, 0, sizeof(entry) << SHORT_BITS);
-        } else {
-            int32_t minoff = e->cur + (int32_t)e->histlen - maxoff;
-            for (size_t i = 0; i < (1u << SHORT_BITS); i++)
-                st[i].off = st[i].off < minoff ? 0 : st[i].off - e->cur + maxoff;
-            for (size_t i = 0; i < (1u << LONG_BITS); i++)
-                lt[i].off = lt[i].off < minoff ? 0 : lt[i].off - e->cur + maxoff;
-        }
-        e->cur = maxoff;
-    }
+    rebase(e, lt, st);
     int32_t s = hist_add(e, blk, n);
     if (n < 16) {
         add_lits(e, blk, n);
@@ -1140,7 +1251,7 @@ static void lit_header_comp(kz_buf *b, int type, uint32_t comp, uint32_t n, int 
 static int lits_block(kz_enc *e, const uint8_t *lits, size_t n, int last) {
     kz_buf *b = &e->blk;
     b->len = 0;
-    if (n < 32) {
+    if (n < 32 || e->raw_lits) {
         raw_block(b, last, lits, n);
         return 0;
     }
@@ -1383,9 +1494,9 @@ static int seq_block(kz_enc *e, const uint8_t *org, size_t size, int last) {
 static int encode_block(kz_enc *e, const uint8_t *src, size_t n, int last) {
     e->nlits = 0;
     e->nseq = 0;
-    if (dfast_block(e, src, n)) return -1;
+    if ((e->level == KZ_LEVEL_FASTEST ? fast_block(e, src, n) : dfast_block(e, src, n))) return -1;
     int r;
-    if (e->nlits == n && n == BLOCK_MAX) r = 1;
+    if (e->nlits == n && n == e->block) r = 1;
     else if (e->nseq == 0) r = lits_block(e, e->lits, e->nlits, last);
     else r = seq_block(e, src, n, last);
     if (r < 0) return -1;
@@ -1411,14 +1522,19 @@ static int emit_block(kz_enc *e, const uint8_t *src, size_t n, int last, kz_buf 
 }
 
 kz_enc *kz_new(int level, size_t prefix) {
-    if (level != KZ_LEVEL_DEFAULT || prefix == 0 || prefix > BLOCK_MAX) return NULL;
+    if ((level != KZ_LEVEL_DEFAULT && level != KZ_LEVEL_FASTEST) || prefix == 0 ||
+        prefix > BLOCK_MAX / 2)
+        return NULL;
     predef_init();
     kz_enc *e = calloc(1, sizeof(*e));
     if (!e) return NULL;
     e->level = level;
     e->prefix = prefix;
-    e->window = WINDOW_DEFAULT;
-    e->histcap = 2 * (size_t)WINDOW_DEFAULT;
+    int fastest = level == KZ_LEVEL_FASTEST;
+    e->window = fastest ? WINDOW_DEFAULT / 2 : WINDOW_DEFAULT;
+    e->block = fastest ? BLOCK_MAX / 2 : BLOCK_MAX;
+    e->raw_lits = fastest;
+    e->histcap = 2 * (size_t)e->window;
     e->hist = malloc(e->histcap);
     e->ltab = calloc((size_t)1 << LONG_BITS, sizeof(entry));
     e->stab = calloc((size_t)1 << SHORT_BITS, sizeof(entry));
@@ -1457,7 +1573,7 @@ int kz_feed(kz_enc *e, const uint8_t *p, size_t n, kz_buf *out) {
     xxh_update(&e->crc, p, n);
     while (n > 0) {
         /* the first block is the producer's prefix; the others are full blocks */
-        size_t want = e->fed < e->prefix ? e->prefix : BLOCK_MAX;
+        size_t want = e->fed < e->prefix ? e->prefix : e->block;
         size_t take = want - e->nfill;
         if (take > n) take = n;
         memcpy(e->fill + e->nfill, p, take);

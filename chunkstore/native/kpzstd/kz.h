@@ -15,6 +15,7 @@ typedef struct {
 
 typedef struct kz_enc kz_enc;
 
+#define KZ_LEVEL_FASTEST 1
 #define KZ_LEVEL_DEFAULT 2
 
 /* A new encoder (NULL when out of memory). prefix: the producer hands the first `prefix` bytes
