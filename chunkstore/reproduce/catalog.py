@@ -13,6 +13,7 @@ from chunkstore.reproduce.gnu_family import GnuGzipFamily, PigzFamily
 from chunkstore.reproduce.go_family import GoFlateFamily
 from chunkstore.reproduce.gzipfmt import crc32, gzip_trailer, parse_gzip_header
 from chunkstore.reproduce.klauspost_family import KlauspostFamily
+from chunkstore.reproduce.klauspost_zstd_family import KlauspostZstdFamily
 from chunkstore.reproduce.model import Candidate, Encoder, Family
 from chunkstore.reproduce.zlib_family import ZlibFamily
 from chunkstore.reproduce.zstd_family import ZstdFamily
@@ -27,7 +28,8 @@ MAX_CANDIDATES = 64
 def families(compression: str) -> list[Family]:
     """The families that write ``compression`` ("gzip" or "zstd"), most common first."""
     if compression == "zstd":
-        return [ZstdFamily()]
+        # klauspost (skopeo, podman, buildah) frames are told apart by their header.
+        return [KlauspostZstdFamily(), ZstdFamily()]
     if compression == "gzip":
         # Go (docker, buildkit, crane) and klauspost (skopeo, podman, umoci) write OS 255, GNU
         # gzip and pigz OS 3; each family rules itself out by the header, so the order only
