@@ -202,17 +202,19 @@ def _descriptor(handle: Handle, blob: Digest, size: int) -> dict[str, Any]:
 def image_tag_manifests(
     record: tuple[Handle, Digest, int],
     files: Sequence[tuple[Handle, Digest, int]],
-    part_files: int = _PART_FILES,
+    part_files: int | None = None,
 ) -> tuple[list[bytes], bytes | None]:
     """The manifests an image tag is made of (SPEC section 10a), and the index above them.
 
     ``record`` and ``files`` are (handle, blob digest, size). One manifest (config: the record;
     layers: the files) when at most ``part_files`` files, index None; else one manifest per
     ``part_files`` files, each with the record as config, pushed by digest, and the OCI index the
-    tag then points at.
+    tag then points at. ``part_files`` None: 8,000.
     """
     config = _descriptor(*record)
     layers = [_descriptor(*f) for f in files]
+    if part_files is None:
+        part_files = _PART_FILES
     parts = [layers[i : i + part_files] for i in range(0, len(layers), part_files)] or [[]]
     manifests = [
         _canonical_json(
