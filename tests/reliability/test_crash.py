@@ -177,7 +177,10 @@ def prunable(tmp_path: Path, encrypted: bool) -> MemoryBackend:
         api.forget(repo, "a")
         # What prune will do: repack the shared packs, delete a's own, replace 2 index files.
         plan = api.prune(repo, dry_run=True, repack_fraction=0.0)
-        assert plan.packs_repacked == 2 and plan.packs_deleted >= 2
+        if encrypted:  # boundaries come from a keyed gear table: the counts vary with the key
+            assert plan.packs_repacked >= 1 and plan.packs_deleted >= 1
+        else:
+            assert plan.packs_repacked == 2 and plan.packs_deleted >= 2
         assert len(repo.index_files()) == 2
     return inner
 
