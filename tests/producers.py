@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,10 +17,24 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["gnu_gzip", "go_gzip", "pigz", "realistic_tar", "require", "zlib_gzip", "zlib_raw"]
+from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWriter
+from index.ids import Digest, sha256
+
+__all__ = [
+    "gnu_gzip",
+    "go_gzip",
+    "missing",
+    "oci_image",
+    "pigz",
+    "realistic_tar",
+    "require",
+    "zlib_gzip",
+    "zlib_raw",
+]
 
 _GO_GZIP = """package main
 
@@ -46,15 +61,46 @@ func main() {
 """
 
 
+def missing(message: str) -> NoReturn:
+    """Skip the test on a developer machine; fail it under ``CI=true``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require(tool: str) -> str:
     """The path of ``tool``; skip without it, or fail under CI (where setup installs it)."""
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool} is not installed (tools/setup installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{tool} is not installed (tools/setup installs it)")
     return path
+
+
+def oci_image(
+    root: Path, ref: str, tars: list[bytes], blobs: list[bytes], media_type: str
+) -> Digest:
+    """An OCI image layout at ``root`` whose layers are ``blobs`` (``tars`` compressed as
+    ``media_type`` says, or the tars themselves); returns the manifest digest."""
+    writer = OCILayoutWriter(root)
+    descs = [writer.add_bytes(blob, media_type) for blob in blobs]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [str(sha256(t)) for t in tars]},
+            "config": {},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": writer.add_bytes(config, OCI_CONFIG).to_json(),
+            "layers": [d.to_json() for d in descs],
+        }
+    ).encode()
+    writer.add_manifest(manifest, OCI_MANIFEST, ref)
+    return sha256(manifest)
 
 
 def _go_binary() -> Path:

@@ -45,7 +45,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.producers import gnu_gzip, go_gzip, pigz, realistic_tar, zlib_gzip  # noqa: E402
+from tests.producers import (  # noqa: E402
+    gnu_gzip,
+    go_gzip,
+    oci_image,
+    pigz,
+    realistic_tar,
+    zlib_gzip,
+)
 
 MB = 10**6
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -85,29 +92,7 @@ def _blob(layout: Path, digest: str) -> Path:
 
 def write_image(root: Path, ref: str, tar: bytes, blob: bytes, media_type: str) -> str:
     """A one-layer OCI image; returns its manifest digest."""
-    from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWriter
-    from index.ids import sha256
-
-    writer = OCILayoutWriter(root)
-    layer = writer.add_bytes(blob, media_type)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [str(sha256(tar))]},
-            "config": {},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": writer.add_bytes(config, OCI_CONFIG).to_json(),
-            "layers": [layer.to_json()],
-        }
-    ).encode()
-    writer.add_manifest(manifest, OCI_MANIFEST, ref)
-    return str(sha256(manifest))
+    return str(oci_image(root, ref, [tar], [blob], media_type))
 
 
 def skopeo_blob(work: Path, tar: bytes, compress: list[str]) -> tuple[bytes, str]:

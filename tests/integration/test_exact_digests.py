@@ -17,13 +17,13 @@ import pytest
 
 from chunkstore.backends import RemoteOptions
 from chunkstore.images.backup import backup_image
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayout
 from chunkstore.images.restore import restore_image
 from chunkstore.registry.client import RegistryClient
-from index.ids import Digest, sha256
+from index.ids import Digest
 from tests.images.test_backup_restore import new_repo
 from tests.integration.registry_fixture import RunningRegistry
-from tests.producers import gnu_gzip, go_gzip, pigz, realistic_tar, require, zlib_gzip
+from tests.producers import gnu_gzip, go_gzip, oci_image, pigz, realistic_tar, require, zlib_gzip
 
 pytestmark = pytest.mark.integration
 
@@ -31,30 +31,6 @@ LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 REMOTE = RemoteOptions()
 _names = itertools.count()
-
-
-def _image(root: Path, ref: str, tars: list[bytes], blobs: list[bytes], media: str) -> Digest:
-    """An OCI image whose layers are ``blobs`` (compressed forms of ``tars``); its digest."""
-    writer = OCILayoutWriter(root)
-    descs = [writer.add_bytes(blob, media) for blob in blobs]
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [str(sha256(t)) for t in tars]},
-            "config": {},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": writer.add_bytes(config, OCI_CONFIG).to_json(),
-            "layers": [d.to_json() for d in descs],
-        }
-    ).encode()
-    writer.add_manifest(manifest, OCI_MANIFEST, ref)
-    return sha256(manifest)
 
 
 def _skopeo(*args: str) -> str:
@@ -84,7 +60,7 @@ PRODUCERS = {
 def test_producer_round_trips_with_its_digest(producer: str, tmp_path: Path) -> None:
     tars = _tars()
     blobs = [PRODUCERS[producer](t) for t in tars]
-    digest = _image(tmp_path / "src", "v1", tars, blobs, LAYER_GZIP)
+    digest = oci_image(tmp_path / "src", "v1", tars, blobs, LAYER_GZIP)
     repo = new_repo(tmp_path)
     backed = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "img")
     # Every producer here has a faithful family: nothing is kept.
@@ -126,7 +102,7 @@ def test_registry_round_trip_keeps_the_digest(
 ) -> None:
     """skopeo compresses (pgzip or zstd) into the registry; backup, delete, restore, same digest."""
     tars = _tars()
-    _image(tmp_path / "plain", "v1", tars, tars, LAYER_TAR)
+    oci_image(tmp_path / "plain", "v1", tars, tars, LAYER_TAR)
     name = f"exact/img{next(_names)}"
     ref = f"docker://{registry.host}/{name}:v1"
     # skopeo compresses into a layout (to a registry it would always use gzip), then pushes as is.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -24,18 +23,9 @@ from chunkstore.reproduce.catalog import BlobEncoder
 from chunkstore.reproduce.gnu_family import GnuGzipFamily, PigzFamily
 from chunkstore.reproduce.gzipfmt import parse_gzip_header
 from chunkstore.reproduce.model import Encoder
+from tests.producers import require
 
 KIB = 1024
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (tools/setup installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _real(cmd: Sequence[str], path: Path) -> bytes:
@@ -144,7 +134,7 @@ def small_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("level", range(1, 10))
 def test_gzip_levels_on_a_tar(tar_path: Path, level: int) -> None:
-    gz = _tool("gzip")
+    gz = require("gzip")
     want = _body(_real([gz, "-n", f"-{level}"], tar_path))
     data = tar_path.read_bytes()
     # fed in pieces of random sizes (one-piece calls: test_encoders_run_in_parallel_threads)
@@ -153,7 +143,7 @@ def test_gzip_levels_on_a_tar(tar_path: Path, level: int) -> None:
 
 @pytest.mark.parametrize("name", sorted(SMALL_INPUTS))
 def test_gzip_edge_inputs_every_level(small_paths: dict[str, Path], name: str) -> None:
-    gz = _tool("gzip")
+    gz = require("gzip")
     data = SMALL_INPUTS[name]
     for level in range(1, 10):
         want = _body(_real([gz, "-n", f"-{level}"], small_paths[name]))
@@ -163,7 +153,7 @@ def test_gzip_edge_inputs_every_level(small_paths: dict[str, Path], name: str) -
 
 @pytest.mark.parametrize("level", [1, 3, 4, 6, 9])
 def test_gzip_rsyncable(tar_path: Path, level: int) -> None:
-    gz = _tool("gzip")
+    gz = require("gzip")
     data = tar_path.read_bytes()[:1_500_000]
     path = tar_path.with_name(f"rsync-{level}.tar")
     path.write_bytes(data)
@@ -178,7 +168,7 @@ def test_gzip_rsyncable(tar_path: Path, level: int) -> None:
 
 @pytest.mark.parametrize("level", range(1, 10))
 def test_pigz_levels_on_a_tar(tar_path: Path, level: int) -> None:
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     data = tar_path.read_bytes()
     want = _body(_real([pigz, "-n", f"-{level}", "-p", "4"], tar_path))
     # pigz's own thread count does not matter (-p 1 is another path, see the serial tests)
@@ -191,7 +181,7 @@ def test_pigz_levels_on_a_tar(tar_path: Path, level: int) -> None:
 @pytest.mark.parametrize("level", [1, 2, 3, 4, 6, 9])
 def test_pigz_single_thread_path(tar_path: Path, level: int) -> None:
     """``pigz -p 1`` keeps one zlib stream; it writes other bytes than -p N at levels 1..3."""
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     data = tar_path.read_bytes()[:1_200_000]
     path = tar_path.with_name(f"serial-{level}.tar")
     path.write_bytes(data)
@@ -216,7 +206,7 @@ def test_pigz_single_thread_path(tar_path: Path, level: int) -> None:
 def test_pigz_block_sizes_and_independent(
     tar_path: Path, level: int, block_kib: int, independent: bool
 ) -> None:
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     data = tar_path.read_bytes()[:1_500_000]
     path = tar_path.with_name(f"blocks-{level}-{block_kib}.tar")
     path.write_bytes(data)
@@ -236,7 +226,7 @@ def test_pigz_rsyncable(
     tar_path: Path, level: int, block_kib: int, independent: bool, serial: bool
 ) -> None:
     """``pigz -R``: pieces end at the rolling hash's hits, jobs as pigz's reader cuts them."""
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     data = bytes(150 * KIB) + tar_path.read_bytes()[:1_200_000] + bytes(100 * KIB)
     path = tar_path.with_name(f"rsync-pigz-{level}.tar")
     path.write_bytes(data)
@@ -256,7 +246,7 @@ def test_pigz_rsyncable(
 
 @pytest.mark.parametrize("name", sorted(SMALL_INPUTS))
 def test_pigz_edge_inputs(small_paths: dict[str, Path], name: str) -> None:
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     data = SMALL_INPUTS[name]
     for level in range(1, 10):
         for block_kib in (32, 128):
@@ -268,7 +258,7 @@ def test_pigz_edge_inputs(small_paths: dict[str, Path], name: str) -> None:
 
 
 def test_pigz_empty_input_is_one_member_with_an_empty_block(small_paths: dict[str, Path]) -> None:
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     gz = _real([pigz, "-n"], small_paths["empty"])
     assert gz == bytes.fromhex("1f8b08000000000000030300") + bytes(8)
 
@@ -285,7 +275,7 @@ _content = st.lists(
 def test_gzip_hypothesis(
     tmp_path_factory: pytest.TempPathFactory, data: bytes, level: int, cuts: list[int]
 ) -> None:
-    gz = _tool("gzip")
+    gz = require("gzip")
     path = tmp_path_factory.mktemp("hyp") / "in"
     path.write_bytes(data)
     want = _body(_real([gz, "-n", f"-{level}"], path))
@@ -307,7 +297,7 @@ def test_pigz_hypothesis(
     independent: bool,
     cuts: list[int],
 ) -> None:
-    pigz = _tool("pigz")
+    pigz = require("pigz")
     path = tmp_path_factory.mktemp("hyp") / "in"
     path.write_bytes(data)
     cmd = [pigz, "-n", f"-{level}", "-b", "32"] + (["-i"] if independent else [])
@@ -334,7 +324,7 @@ def _whole_blob(family: GnuGzipFamily | PigzFamily, gz: bytes, data: bytes) -> b
 
 @pytest.mark.parametrize("level", [1, 5, 6, 9])
 def test_families_rebuild_whole_blobs_with_name_and_mtime(tar_path: Path, level: int) -> None:
-    gz_tool, pigz = _tool("gzip"), _tool("pigz")
+    gz_tool, pigz = require("gzip"), require("pigz")
     data = tar_path.read_bytes()[:600_000]
     path = tar_path.with_name("named.tar")
     path.write_bytes(data)

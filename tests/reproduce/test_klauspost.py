@@ -9,7 +9,6 @@ skip, except in CI (CI=true), where they fail.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -38,7 +37,9 @@ from chunkstore.reproduce.klauspost_family import (
     KlauspostFamily,
 )
 from chunkstore.reproduce.model import Candidate, Encoder, ParamValue
+from tests.producers import missing, oci_image, require
 
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 KIB = 1024
 MIB = 1 << 20
 GOPATH = "/usr/share/gocode"
@@ -133,20 +134,6 @@ func main() {
 """
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"{name} is not installed")
-    assert path is not None
-    return path
-
-
 class GoReference:
     """The Go program, kept running: one request per encoding."""
 
@@ -182,9 +169,9 @@ class GoReference:
 
 @pytest.fixture(scope="session")
 def goref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoReference]:
-    go = _tool("go")
+    go = require("go")
     if not (SOURCES / "pgzip/gzip.go").is_file() or not (SOURCES / "compress/flate").is_dir():
-        _missing(
+        missing(
             "klauspost sources missing (golang-github-klauspost-compress-dev, "
             "golang-github-klauspost-pgzip-dev)"
         )
@@ -331,6 +318,7 @@ def test_split_points_and_threads_do_not_matter(goref: GoReference, real_tar: by
     _assert_same(out, goref.body(real_tar[:MIB], -1, 64 * KIB), "1000-byte pieces")
 
 
+@st.composite
 def _structured(draw: st.DrawFn) -> bytes:
     """Inputs with matches at every distance scale, runs, noise and text."""
     parts = draw(
@@ -361,7 +349,7 @@ def _structured(draw: st.DrawFn) -> bytes:
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_hypothesis_inputs(goref: GoReference, data: st.DataObject) -> None:
-    payload = data.draw(st.composite(_structured)())
+    payload = data.draw(_structured())
     level = data.draw(st.sampled_from(LEVELS))
     block = data.draw(st.sampled_from([0, 16 * KIB + 1, 20000, 64 * KIB, UMOCI_BLOCK]))
     cuts = data.draw(st.lists(st.integers(0, len(payload)), max_size=6))
@@ -547,7 +535,7 @@ def _assert_reproduced(blob: bytes, expect: tuple[int, int]) -> None:
 
 
 def test_umoci_repack_layer_reproduced(tmp_path: Path) -> None:
-    umoci = _tool("umoci")
+    umoci = require("umoci")
     layout, bundle = tmp_path / "layout", tmp_path / "bundle"
 
     def run(*args: str) -> None:
@@ -563,66 +551,13 @@ def test_umoci_repack_layer_reproduced(tmp_path: Path) -> None:
     _assert_reproduced(blob, (-1, UMOCI_BLOCK))
 
 
-def _write_oci(layout: Path, layer: bytes) -> None:
-    """An OCI layout with one uncompressed layer, tag "src"."""
-    blobs = layout / "blobs/sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return "sha256:" + digest
-
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {
-                "type": "layers",
-                "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()],
-            },
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": put(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": put(manifest),
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": "src"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-
-
 @pytest.mark.parametrize("level", [None, 9])
 def test_skopeo_dest_compress_layer_reproduced(
     tmp_path: Path, real_tar: bytes, level: int | None
 ) -> None:
-    skopeo = _tool("skopeo")
+    skopeo = require("skopeo")
     layer = real_tar[: 2 * MIB + 12345]  # whatever the bytes: two full 1 MiB blocks and a tail
-    _write_oci(tmp_path / "src", layer)
+    oci_image(tmp_path / "src", "src", [layer], [layer], LAYER_TAR)
     cmd = [skopeo, "--insecure-policy", "copy", "--quiet", "--dest-compress"]
     if level is not None:
         cmd += ["--dest-compress-level", str(level)]

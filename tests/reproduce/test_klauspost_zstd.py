@@ -10,11 +10,9 @@ tests skip, except in CI (CI=true), where they fail.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import shutil
 import struct
 import subprocess
 import threading
@@ -33,8 +31,9 @@ from chunkstore.reproduce.klauspost_zstd_family import (
     KlauspostZstdFamily,
 )
 from chunkstore.reproduce.model import Encoder, ParamValue
-from tests.producers import realistic_tar
+from tests.producers import missing, oci_image, realistic_tar, require
 
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 KIB = 1024
 MIB = 1 << 20
 GOPATH = "/usr/share/gocode"
@@ -128,20 +127,6 @@ func main() {
 """
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"{name} is not installed")
-    assert path is not None
-    return path
-
-
 class GoReference:
     """The Go program, kept running: one request per frame."""
 
@@ -170,9 +155,9 @@ class GoReference:
 
 @pytest.fixture(scope="session")
 def goref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoReference]:
-    go = _tool("go")
+    go = require("go")
     if not (SOURCES / "encoder.go").is_file():
-        _missing("klauspost sources missing (golang-github-klauspost-compress-dev)")
+        missing("klauspost sources missing (golang-github-klauspost-compress-dev)")
     work = tmp_path_factory.mktemp("kzref")
     (work / "main.go").write_text(_REF_SOURCE)
     env = {
@@ -399,59 +384,6 @@ def test_encoders_run_concurrently(real_tar: bytes) -> None:
 # ------------------------------------------------------------------ the real producer
 
 
-def _write_oci(layout: Path, layer: bytes) -> None:
-    """An OCI layout with one uncompressed layer, tag "src"."""
-    blobs = layout / "blobs/sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return "sha256:" + digest
-
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {
-                "type": "layers",
-                "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()],
-            },
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": put(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": put(manifest),
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": "src"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-
-
 def _layer_blob(layout: Path, tag: str) -> tuple[str, bytes]:
     index = json.loads((layout / "index.json").read_text())
     (entry,) = [
@@ -472,9 +404,9 @@ def test_skopeo_zstd_layer_reproduced(
     tmp_path: Path, real_tar: bytes, level: int | None, name: str | None
 ) -> None:
     """skopeo's layer is reproduced; at the levels not done (6+) the header rules us out."""
-    skopeo = _tool("skopeo")
+    skopeo = require("skopeo")
     layer = real_tar[: 2 * MIB + 12345]
-    _write_oci(tmp_path / "src", layer)
+    oci_image(tmp_path / "src", "src", [layer], [layer], LAYER_TAR)
     cmd = [skopeo, "--insecure-policy", "copy", "--quiet", "--dest-compress"]
     cmd += ["--dest-compress-format", "zstd"]
     if level is not None:
