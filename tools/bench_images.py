@@ -36,9 +36,9 @@ What it does:
    ``restic restore latest --tag REF --target DIR`` and ``borg extract REPO::REF``; all three
    trees are checked against the source tree's file count and bytes), and, as a row of its own
    (phase ``restore-oci``), ``chunkstore restore REF oci:DIR:REF``: every layer tar rebuilt
-   bit-exact, checked against its diff_id and recompressed; the corpus' layers are Go-made gzip
-   that cannot be reproduced, so that row includes gzip compression of every layer (zlib level
-   ``DEFAULT_GZIP_LEVEL``, parallel blocks), which restic and borg do not do.
+   bit-exact, checked against its diff_id and recompressed exactly; the corpus' layers are
+   umoci-made (klauspost pgzip, 256 KiB blocks), so that row includes reproducing that
+   compression for every layer, which restic and borg do not do.
    Before every timed run the page cache is dropped (root only; otherwise the inputs are read
    once so every run starts warm) and the benchmark waits (at most ``--max-wait`` s in all) for
    the rest of the machine to go quiet; peak RSS and CPU time come from ``/usr/bin/time``.
@@ -811,7 +811,7 @@ def render(result: dict[str, Any]) -> str:
         "other CPU s = CPU time other processes used meanwhile (noise);\n"
         "restore = the root filesystem written as files (chunkstore: restore dir:); restore-oci = "
         "chunkstore restore oci: (layer tars rebuilt,\nchecked against their diff_ids and gzip'd "
-        "again, since Go-made gzip cannot be reproduced: most of its time), compared with restic "
+        "again exactly with the umoci compressor: most of its time), compared with restic "
         "restore"
     )
     lines.append("")
