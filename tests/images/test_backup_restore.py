@@ -22,7 +22,7 @@ from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
 from chunkstore.images.restore import restore_image
 from chunkstore.repository import Repository
-from index.ids import sha256
+from index.ids import Digest, sha256
 from tests.corpus import MINBASE, MINBASE_REBUILT, require_corpus
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -362,4 +362,35 @@ def test_unreproducible_layer_is_kept_and_restored_exactly(tmp_path: Path) -> No
     restore_image(repo, "y", f"oci:{tmp_path / 'out2'}:v1")
     (back2,) = OCILayout(tmp_path / "out2").resolve("v1")
     assert back2.manifest_digest == orig.manifest_digest
+    repo.close()
+
+
+def test_damaged_kept_bytes_fail_the_restore_never_write_other_bytes(tmp_path: Path) -> None:
+    from chunkstore.backends.base import FileType, Handle
+    from chunkstore.backends.local import LocalBackend
+    from chunkstore.errors import IntegrityError
+    from chunkstore.streams import read_chunk_lists
+    from index.image import ImageBody
+
+    tar = layer_tar({"text": random.Random(12).randbytes(40_000).hex().encode()})
+    odd = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 3, zlib.Z_FILTERED)
+    foreign = odd.compress(tar) + odd.flush()
+    write_image(tmp_path / "src", "v1", [tar], blobs=[foreign])
+    repo = new_repo(tmp_path)
+    assert backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x").kept_layers == 1
+    _, body = repo.find_body("x", "image", ImageBody.from_cbor)
+    (layer,) = body.images[0].layers
+    assert layer.original is not None
+    first = next(iter(read_chunk_lists(repo, layer.original)))
+    loc = repo.lookup(first.id)
+    assert loc is not None and isinstance(repo.backend, LocalBackend)
+    path = repo.backend.path(Handle(FileType.PACK, loc.pack_id.hex))
+    raw = bytearray(path.read_bytes())
+    raw[loc.entry.offset + loc.entry.length - 1] ^= 0x80
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        restore_image(repo, "x", f"oci:{tmp_path / 'out'}:v1")
+    out = tmp_path / "out" / "blobs" / "sha256"
+    # Nothing was published under the layer's name with other bytes.
+    assert not (out / Digest.parse(layer.digest).hex).exists()
     repo.close()

@@ -145,3 +145,23 @@ def test_probe_stops_cleanly_when_abandoned() -> None:
     with probe:
         probe.original(gzip.compress(b"x" * 1000))
     assert not probe._thread.is_alive()
+
+
+def test_a_record_naming_an_unknown_family_is_refused_not_guessed() -> None:
+    from chunkstore.errors import UsageError
+    from index.image import Reproduce
+
+    header = bytes.fromhex("1f8b08000000000000ff")
+    with pytest.raises(UsageError, match=r"'go-flate-1\.27'.*newer chunkstore"):
+        catalog.open_blob_encoder("gzip", Reproduce("go-flate-1.27", {"level": 6}, header))
+    with pytest.raises(UsageError, match="settings for the go-flate compressor are invalid"):
+        catalog.open_blob_encoder("gzip", Reproduce("go-flate", {"level": 42}, header))
+    with pytest.raises(UsageError, match="header"):
+        catalog.open_blob_encoder("gzip", Reproduce("go-flate", {"level": 6}, b"\x1f\x8b"))
+    with pytest.raises(UsageError, match="settings for the klauspost-pgzip compressor"):
+        catalog.open_blob_encoder(
+            "gzip",
+            Reproduce(
+                "klauspost-pgzip", {"level": 6, "block_size": 1 << 20, "version": "9.9"}, header
+            ),
+        )
