@@ -104,7 +104,7 @@ class ReproductionProbe:
         self,
         compression: str,
         *,
-        max_queued: int = 64 << 20,
+        max_queued: int = 32 << 20,
         candidates: list[Candidate] | None = None,
     ) -> None:
         """Probe a blob compressed with ``compression`` ("gzip" or "zstd").
