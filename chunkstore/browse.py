@@ -19,7 +19,7 @@ from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
 from index.errors import FormatError
 from index.ids import Digest
-from index.image import ImageBody, ImageEntry, LayerEntry
+from index.image import ImageBody, ImageEntry
 from index.tree import Node, NodeType, Tree, decode_tree
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "diff_images",
     "file_chunks",
     "image_stats",
-    "layer_outcome",
     "list_path",
     "open_image",
     "read_file",
@@ -152,20 +151,6 @@ def diff_images(repo: Repository, root_a: Digest, root_b: Digest) -> Iterator[Ch
                 stack.append((path, da, db))
 
 
-def layer_outcome(layer: LayerEntry) -> tuple[str, str]:
-    """How a restore gives ``layer`` back, and by what: ``uncompressed``, ``reproduced`` (with
-    the compressor, e.g. ``go-flate level=6``), ``kept`` (its original bytes are stored) or
-    ``new-digest`` (recompressed with defaults: the backup accepted new digests)."""
-    if layer.compression == "none":
-        return "uncompressed", ""
-    if layer.reproduce is not None:
-        params = " ".join(f"{k}={v}" for k, v in sorted(layer.reproduce.params.items()))
-        return "reproduced", f"{layer.reproduce.family} {params}".strip()
-    if layer.original is not None:
-        return "kept", ""
-    return "new-digest", ""
-
-
 def image_stats(repo: Repository, image: ImageEntry) -> dict[str, Any]:
     """Logical size (layer tars), the unique and stored bytes of the blobs it needs, and per
     layer how a restore gives it back (with the bytes a kept layer's original blob takes)."""
@@ -189,7 +174,6 @@ def image_stats(repo: Repository, image: ImageEntry) -> dict[str, Any]:
     stored = sum(loc.entry.length for loc in result.blobs.values())
     per_layer: list[dict[str, Any]] = []
     for layer in image.layers:
-        outcome, how = layer_outcome(layer)
         kept = 0
         if layer.original is not None:
             kept_walk = walk([("kept", list(layer.original.lists))], lookup, repo.load_at)
@@ -199,8 +183,8 @@ def image_stats(repo: Repository, image: ImageEntry) -> dict[str, Any]:
                 "digest": layer.digest,
                 "size": layer.size,
                 "tar_size": layer.tar_size,
-                "outcome": outcome,
-                "reproduced_by": how or None,
+                "outcome": layer.outcome,
+                "reproduced_by": layer.reproduce.label if layer.reproduce else None,
                 "kept_stored_bytes": kept,
             }
         )

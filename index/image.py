@@ -100,6 +100,12 @@ class Reproduce:
     #: The gzip member header, verbatim (empty for zstd).
     header: bytes = b""
 
+    @property
+    def label(self) -> str:
+        """Short human text, e.g. ``go-flate level=6``."""
+        inner = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.family} {inner}".strip()
+
     def to_cbor(self) -> dict[str, Any]:
         """Record value."""
         return {"family": self.family, "params": dict(self.params), "header": self.header}
@@ -182,7 +188,20 @@ class LayerEntry:
     @property
     def exact(self) -> bool:
         """Whether a restore gives back the original blob (so its digest is known up front)."""
-        return self.compression == "none" or self.reproduce is not None or self.original is not None
+        return self.outcome != "new-digest"
+
+    @property
+    def outcome(self) -> str:
+        """How a restore gives the blob back: ``uncompressed`` (the tar is the blob),
+        ``reproduced`` (by :attr:`reproduce`), ``kept`` (:attr:`original` holds its bytes) or
+        ``new-digest`` (recompressed with defaults: the backup accepted new digests)."""
+        if self.compression == "none":
+            return "uncompressed"
+        if self.reproduce is not None:
+            return "reproduced"
+        if self.original is not None:
+            return "kept"
+        return "new-digest"
 
     def to_cbor(self) -> dict[str, Any]:
         """Record value."""

@@ -207,11 +207,15 @@ def tags_cmd(c: Ctx) -> None:
         rows = [r for r in api.list_records(repo) if r["type"] == "image"]
         for row in rows:
             _, body = repo.find_body(str(row["id"]), "image", ImageBody.from_cbor)
-            outcomes = [browse.layer_outcome(layer) for im in body.images for layer in im.layers]
+            layers = [layer for im in body.images for layer in im.layers]
             row["layers"] = [
-                {"outcome": outcome, "reproduced_by": how or None} for outcome, how in outcomes
+                {
+                    "outcome": layer.outcome,
+                    "reproduced_by": layer.reproduce.label if layer.reproduce else None,
+                }
+                for layer in layers
             ]
-            row["exact"] = all(outcome != "new-digest" for outcome, _ in outcomes)
+            row["exact"] = all(layer.exact for layer in layers)
     lines = []
     for r in rows:
         counts: dict[str, int] = {}

@@ -236,34 +236,14 @@ def _ingest_probed(
         return layer, probe.result()
 
 
-def _count(
-    result: BackupResult,
-    layer: LayerRecord,
-    *,
-    reused: bool,
-    how: ProbeResult | None = None,
-    kept_new: int = 0,
-) -> None:
+def _count(result: BackupResult, layer: LayerRecord, *, reused: bool, kept_new: int = 0) -> None:
     """Count ``layer`` in ``result`` by how a restore will give it back."""
-    if layer.compression == "none":
-        outcome, label = "uncompressed", ""
-    elif layer.reproduce is not None:
-        outcome = "reproduced"
-        label = how.label if how is not None else _reproduce_label(layer)
-    elif layer.original is not None:
-        outcome, label = "kept", ""
+    if layer.outcome == "kept":
         result.kept_layers += 1
-    else:
-        outcome, label = "new-digest", ""
-    if outcome != "new-digest":
+    if layer.exact:
         result.reproducible_layers += 1
-    result.layer_reports.append(LayerReport(layer.digest, outcome, label, kept_new, reused))
-
-
-def _reproduce_label(layer: LayerRecord) -> str:
-    assert layer.reproduce is not None
-    params = " ".join(f"{k}={v}" for k, v in sorted(layer.reproduce.params.items()))
-    return f"{layer.reproduce.family} {params}".strip()
+    how = layer.reproduce.label if layer.reproduce is not None else ""
+    result.layer_reports.append(LayerReport(layer.digest, layer.outcome, how, kept_new, reused))
 
 
 def _check_platform(image: ImageRef, platform: str | None, source: str) -> None:
@@ -426,7 +406,7 @@ def _backup_one(
             original=original,
         )
         layers.append(record)
-        _count(result, record, reused=False, how=probed, kept_new=kept_new)
+        _count(result, record, reused=False, kept_new=kept_new)
         result.layers += 1
         result.tar_bytes += layer.size
     root = overlay.build_trees(lambda data: repo.save_blob(BlobType.META, data).id)

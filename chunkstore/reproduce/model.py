@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from index.image import Reproduce
+
 __all__ = ["Candidate", "Encoder", "Family", "ParamValue"]
 
 ParamValue = int | str | bool
@@ -51,9 +53,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """Short human text, e.g. ``go-flate level=6``."""
-        inner = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.family} {inner}".strip()
+        """Short human text, e.g. ``go-flate level=6`` (as the record's :attr:`Reproduce.label`)."""
+        return Reproduce(self.family, dict(self.params)).label
 
 
 class Family(Protocol):

@@ -83,14 +83,6 @@ class ProbeResult:
     #: Compressed bytes fed to the probe: the whole blob when the backup read it to its end.
     original_size: int
 
-    @property
-    def label(self) -> str:
-        """E.g. ``go-flate level=6`` or ``none``."""
-        if self.reproduce is None:
-            return "none"
-        inner = " ".join(f"{k}={v}" for k, v in sorted(self.reproduce.params.items()))
-        return f"{self.reproduce.family} {inner}".strip()
-
 
 class ReproductionProbe:
     """Runs the candidate compressors of one layer blob beside the backup's read of it.
