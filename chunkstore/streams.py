@@ -18,11 +18,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from chunkstore.blob import BlobType, StoredBlob
 from chunkstore.chunker import Chunker
 from chunkstore.errors import CorruptMetadata
+from chunkstore.readable import Readable
 from chunkstore.repository import Repository
 from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, decode_chunk_list, encode_chunk_list
 from index.errors import FormatError
@@ -38,14 +39,6 @@ __all__ = [
     "store_stream",
     "store_with",
 ]
-
-
-class Readable(Protocol):
-    """Anything with a binary ``read``."""
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to ``size`` bytes; ``b""`` at the end."""
-        ...
 
 
 #: Bytes of chunks handed to a worker at once.

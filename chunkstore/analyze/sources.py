@@ -30,7 +30,6 @@ from typing import BinaryIO, Protocol, cast
 
 from chunkstore.backends import RemoteOptions
 from chunkstore.errors import UsageError
-from chunkstore.images.blobs import Readable
 from chunkstore.images.decompress import layer_compression, open_decompressed
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive
@@ -43,6 +42,7 @@ from chunkstore.images.registry_image import (
     open_client,
     parse_docker_reference,
 )
+from chunkstore.readable import Readable
 from chunkstore.repository import Repository
 from index.ids import Digest
 from index.image import ImageBody

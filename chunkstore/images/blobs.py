@@ -18,16 +18,15 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
 
 from chunkstore.errors import BackendError, IntegrityError, UsageError
 from chunkstore.fsutil import fsync_dir
+from chunkstore.readable import Readable
 from index.errors import Malformed
 from index.ids import Digest
 
 __all__ = [
     "BlobDigestMismatch",
-    "Readable",
     "VerifiedReader",
     "blob_path",
     "parse_sha256",
@@ -36,14 +35,6 @@ __all__ = [
 
 _TEMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
-
-
-class Readable(Protocol):
-    """Anything with a binary ``read``."""
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to ``size`` bytes (all remaining when negative); ``b""`` at the end."""
-        ...
 
 
 class BlobDigestMismatch(IntegrityError):

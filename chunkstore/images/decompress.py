@@ -22,7 +22,7 @@ import zstandard
 from isal import isal_zlib
 
 from chunkstore.errors import UsageError
-from chunkstore.images.blobs import Readable
+from chunkstore.readable import Readable
 
 __all__ = [
     "DEFAULT_MAX_RATIO",

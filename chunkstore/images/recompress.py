@@ -20,8 +20,8 @@ from typing import Any, cast
 import zstandard
 
 from chunkstore.errors import UsageError
-from chunkstore.images.blobs import Readable
 from chunkstore.images.decompress import Compression
+from chunkstore.readable import Readable
 
 __all__ = ["DEFAULT_GZIP_LEVEL", "recompress"]
 

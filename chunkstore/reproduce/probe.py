@@ -24,20 +24,11 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from chunkstore.readable import Readable
 from chunkstore.reproduce import catalog
 from chunkstore.reproduce.model import Candidate
 from index.image import Reproduce
-
-
-class Readable(Protocol):
-    """Anything with ``read``."""
-
-    def read(self, n: int = -1, /) -> bytes:
-        """Up to ``n`` bytes; empty at the end."""
-        ...
-
 
 __all__ = ["ProbeResult", "ReproductionProbe", "TeeReader"]
 
@@ -180,10 +171,10 @@ class ReproductionProbe:
         received = 0
         live: list[_Live] | None = None
         tried = 0
-        head = b""
+        header = b""  # the gzip member header kept in the record (empty for zstd)
 
         def start() -> list[_Live]:
-            nonlocal tried, head
+            nonlocal tried, header
             head = bytes(original[: 1 << 16])
             cands = (
                 self._fixed
@@ -245,5 +236,4 @@ class ReproductionProbe:
         if not found:
             return ProbeResult(None, tried, received)
         best = found[0].candidate
-        header = catalog.header_of(self._compression, head)
         return ProbeResult(Reproduce(best.family, dict(best.params), header), tried, received)
