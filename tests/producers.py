@@ -12,9 +12,11 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import NoReturn
@@ -25,6 +27,8 @@ from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWrit
 from index.ids import Digest, sha256
 
 __all__ = [
+    "GoServer",
+    "build_go",
     "gnu_gzip",
     "go_gzip",
     "missing",
@@ -103,24 +107,74 @@ def oci_image(
     return sha256(manifest)
 
 
-def _go_binary() -> Path:
+def build_go(source: str, work: Path, name: str, *, gopath: str | None = None) -> Path:
+    """Compile the Go program ``source`` (a ``main.go``) into ``work/name``, offline.
+
+    GOPATH mode: the standard library, plus Debian's Go sources when ``gopath`` names
+    ``/usr/share/gocode``. A missing ``go`` skips the test, or fails it under ``CI=true``.
+    """
     go = require("go")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "main.go").write_text(source)
+    env = {
+        **os.environ,
+        "GOCACHE": str(work / "gocache"),
+        "GOPATH": gopath or str(work / "gopath"),
+        "GO111MODULE": "off",
+        "GOFLAGS": "",
+        "GOPROXY": "off",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+    }
+    binary = work / name
+    subprocess.run(
+        [go, "build", "-o", str(binary), "main.go"],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return binary
+
+
+class GoServer:
+    """A Go reference program kept running: each request is two int32 settings and the input
+    (little-endian, length-prefixed), each answer the output, length-prefixed."""
+
+    def __init__(self, binary: Path, *args: str) -> None:
+        """Start ``binary`` with ``args``."""
+        self._proc = subprocess.Popen(
+            [str(binary), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._lock = threading.Lock()
+
+    def request(self, first: int, second: int, data: bytes) -> bytes:
+        """The program's output for ``data`` under the two settings."""
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        with self._lock:
+            proc.stdin.write(struct.pack("<iiI", first, second, len(data)) + data)
+            proc.stdin.flush()
+            (n,) = struct.unpack("<I", proc.stdout.read(4))
+            return proc.stdout.read(n)
+
+    def close(self) -> None:
+        """Stop the program."""
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def _go_binary() -> Path:
+    """The gzip writer, built once per machine (cached in the temporary directory)."""
     key = hashlib.sha256(_GO_GZIP.encode()).hexdigest()[:16]
     out = Path(tempfile.gettempdir()) / f"chunkstore-go-gzip-{key}"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "main.go").write_text(_GO_GZIP)
-        env = {
-            **os.environ,
-            "GOCACHE": str(Path(tmp) / "cache"),
-            "GOPATH": str(Path(tmp) / "gopath"),
-            "GO111MODULE": "off",
-            "GOFLAGS": "",
-        }
-        built = Path(tmp) / "gogzip"
-        subprocess.run([go, "build", "-o", str(built), "main.go"], cwd=tmp, env=env, check=True)
-        shutil.move(str(built), out)
+    if not out.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.move(str(build_go(_GO_GZIP, Path(tmp), "gogzip")), out)
     return out
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkstore.images.tarstream import Member, Raw, TarEntry, TarError, TarReader
+from tests.producers import build_go
 
 GOLIST_SOURCE = Path(__file__).with_name("golist") / "main.go"
 TAR = shutil.which("tar")
@@ -102,25 +103,7 @@ def build_go_lister(out_dir: Path) -> GoLister | None:
     go = shutil.which("go")
     if go is None:
         return None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "golist"
-    env = {
-        **os.environ,
-        "GOCACHE": str(out_dir / "gocache"),
-        "GOPATH": str(out_dir / "gopath"),
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "GO111MODULE": "",
-        "CGO_ENABLED": "0",
-    }
-    subprocess.run(
-        [go, "build", "-o", str(binary), str(GOLIST_SOURCE)],
-        cwd=out_dir,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    binary = build_go(GOLIST_SOURCE.read_text(), out_dir, "golist")
     return GoLister(binary)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -25,6 +24,7 @@ from chunkstore.native._goflate import Deflater
 from chunkstore.reproduce.catalog import BlobEncoder
 from chunkstore.reproduce.go_family import GoFlateFamily
 from chunkstore.reproduce.gzipfmt import parse_gzip_header
+from tests.producers import build_go
 
 LEVELS = range(-2, 10)
 MIB = 1 << 20
@@ -69,29 +69,7 @@ func main() {
 @pytest.fixture(scope="session")
 def go_gzip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Go program, built once per session with the standard library only (no network)."""
-    go = shutil.which("go")
-    if go is None:
-        message = "go is not installed (tools/setup installs golang-go)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    work = tmp_path_factory.mktemp("gogzip")
-    (work / "main.go").write_text(_GO_PROGRAM)
-    env = {
-        **os.environ,
-        "GOCACHE": str(work / "cache"),
-        "GOPATH": str(work / "gopath"),
-        "GO111MODULE": "off",
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "GOTOOLCHAIN": "local",
-        "CGO_ENABLED": "0",
-    }
-    binary = work / "gogzip"
-    subprocess.run(
-        [go, "build", "-o", str(binary), "main.go"], cwd=work, env=env, check=True, timeout=300
-    )
-    return binary
+    return build_go(_GO_PROGRAM, tmp_path_factory.mktemp("gogzip"), "gogzip")
 
 
 def _go(binary: Path, level: int, data: bytes, *extra: str) -> bytes:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import random
 import shutil
-import struct
 import subprocess
 import tarfile
 import threading
@@ -37,7 +35,7 @@ from chunkstore.reproduce.klauspost_family import (
     KlauspostFamily,
 )
 from chunkstore.reproduce.model import Candidate, Encoder, ParamValue
-from tests.producers import missing, oci_image, require
+from tests.producers import GoServer, build_go, missing, oci_image, require
 
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 KIB = 1024
@@ -134,65 +132,28 @@ func main() {
 """
 
 
-class GoReference:
+class GoReference(GoServer):
     """The Go program, kept running: one request per encoding."""
-
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-        self._proc = subprocess.Popen(
-            [str(binary), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self._lock = threading.Lock()
 
     def gzip(self, data: bytes, level: int, block: int) -> bytes:
         """pgzip's whole gzip member (block > 0) or klauspost flate's raw stream (block 0)."""
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        with self._lock:
-            proc.stdin.write(struct.pack("<iiI", level, block, len(data)) + data)
-            proc.stdin.flush()
-            (n,) = struct.unpack("<I", proc.stdout.read(4))
-            return proc.stdout.read(n)
+        return self.request(level, block, data)
 
     def body(self, data: bytes, level: int, block: int) -> bytes:
         """The raw deflate stream (what an encoder of the family produces)."""
         out = self.gzip(data, level, block)
         return out if block == 0 else out[10:-8]
 
-    def close(self) -> None:
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-
 
 @pytest.fixture(scope="session")
 def goref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoReference]:
-    go = require("go")
     if not (SOURCES / "pgzip/gzip.go").is_file() or not (SOURCES / "compress/flate").is_dir():
         missing(
             "klauspost sources missing (golang-github-klauspost-compress-dev, "
             "golang-github-klauspost-pgzip-dev)"
         )
-    work = tmp_path_factory.mktemp("kpref")
-    (work / "main.go").write_text(_REF_SOURCE)
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": GOPATH,
-        "GOCACHE": str(work / "gocache"),
-        "GOFLAGS": "",
-        "CGO_ENABLED": "0",
-    }
-    subprocess.run(
-        [go, "build", "-o", str(work / "kpref"), "main.go"],
-        cwd=work,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    ref = GoReference(work / "kpref")
+    binary = build_go(_REF_SOURCE, tmp_path_factory.mktemp("kpref"), "kpref", gopath=GOPATH)
+    ref = GoReference(binary, "serve")
     yield ref
     ref.close()
 

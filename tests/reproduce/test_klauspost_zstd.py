@@ -11,9 +11,7 @@ tests skip, except in CI (CI=true), where they fail.
 from __future__ import annotations
 
 import json
-import os
 import random
-import struct
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,7 +29,7 @@ from chunkstore.reproduce.klauspost_zstd_family import (
     KlauspostZstdFamily,
 )
 from chunkstore.reproduce.model import Encoder, ParamValue
-from tests.producers import missing, oci_image, realistic_tar, require
+from tests.producers import GoServer, build_go, missing, oci_image, realistic_tar, require
 
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 KIB = 1024
@@ -127,55 +125,19 @@ func main() {
 """
 
 
-class GoReference:
+class GoReference(GoServer):
     """The Go program, kept running: one request per frame."""
 
-    def __init__(self, binary: Path) -> None:
-        self._proc = subprocess.Popen(
-            [str(binary), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self._lock = threading.Lock()
-
     def frame(self, data: bytes, level: int = 0, concurrency: int = 0) -> bytes:
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        with self._lock:
-            proc.stdin.write(struct.pack("<iiI", level, concurrency, len(data)) + data)
-            proc.stdin.flush()
-            (n,) = struct.unpack("<I", proc.stdout.read(4))
-            return proc.stdout.read(n)
-
-    def close(self) -> None:
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        proc.wait(timeout=10)
-        proc.stdout.close()
+        return self.request(level, concurrency, data)
 
 
 @pytest.fixture(scope="session")
 def goref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoReference]:
-    go = require("go")
     if not (SOURCES / "encoder.go").is_file():
         missing("klauspost sources missing (golang-github-klauspost-compress-dev)")
-    work = tmp_path_factory.mktemp("kzref")
-    (work / "main.go").write_text(_REF_SOURCE)
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": GOPATH,
-        "GOCACHE": str(work / "gocache"),
-        "GOFLAGS": "",
-        "CGO_ENABLED": "0",
-    }
-    subprocess.run(
-        [go, "build", "-o", str(work / "kzref"), "main.go"],
-        cwd=work,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    ref = GoReference(work / "kzref")
+    binary = build_go(_REF_SOURCE, tmp_path_factory.mktemp("kzref"), "kzref", gopath=GOPATH)
+    ref = GoReference(binary, "serve")
     yield ref
     ref.close()
 
