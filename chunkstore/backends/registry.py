@@ -47,6 +47,7 @@ from chunkstore.errors import (
     NotFound,
     RegistryError,
     RegistryObjectMissing,
+    RegistryUnavailable,
     ShortRead,
     Transient,
     UsageError,
@@ -336,13 +337,13 @@ class RegistryBackend:
             # Concurrent uploads of one blob race inside the registry (distribution answers the
             # loser with DIGEST_INVALID or an error); the blob is content-addressed, so if the
             # registry now serves it at the right size, the upload is done (reads verify it).
-            if self._client.head_blob(blob) != len(data):
+            if self._settled_size(blob) != len(data):
                 raise
             logger.info(
                 "upload of %s failed (%s), but the registry holds it: continuing", handle, exc
             )
         # The registry said it stored the blob; believe it only when it serves it back.
-        present = self._client.head_blob(blob)
+        present = self._settled_size(blob)
         if present != len(data):
             raise RegistryError(
                 f"{self.location} accepted the upload of {handle} but "
@@ -357,6 +358,22 @@ class RegistryBackend:
             else:
                 self._entries[handle] = _Entry(blob, len(data), digest)
 
+    def _settled_size(self, blob: Digest) -> int | None:
+        """The blob's size as the registry serves it, asked again while the registry settles.
+
+        Right after concurrent commits of one blob, distribution may answer a HEAD with 500 for a
+        moment (one commit renames the data while another reads its link); that is not an outage,
+        so the question is asked a few more times, with growing pauses, before it counts as one.
+        """
+        for attempt in range(_MANIFEST_ATTEMPTS):
+            try:
+                return self._client.head_blob(blob)
+            except RegistryUnavailable:
+                if attempt == _MANIFEST_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     def _put_manifest(self, handle: Handle, manifest: bytes, blob: Digest, size: int) -> Digest:
         """Tag the file's manifest; retried while the registry still settles the blob.
 
@@ -370,7 +387,7 @@ class RegistryBackend:
             except AuthError:
                 raise
             except RegistryError as exc:
-                if attempt == _MANIFEST_ATTEMPTS - 1 or self._client.head_blob(blob) != size:
+                if attempt == _MANIFEST_ATTEMPTS - 1 or self._settled_size(blob) != size:
                     raise
                 logger.info("tagging %s refused (%s); retrying", handle, exc)
                 time.sleep(0.05 * (attempt + 1))

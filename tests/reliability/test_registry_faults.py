@@ -357,6 +357,26 @@ def test_b8_upload_acknowledged_but_absent_on_head_is_never_tagged(
     fresh.close()
 
 
+def test_b8_head_answering_500_while_the_registry_settles_is_asked_again(
+    proxy: FaultProxy, registry: RunningRegistry
+) -> None:
+    # Concurrent commits of one blob make distribution answer HEAD 500 for a moment: more 500s
+    # than the client's own retries (1 here) must not fail a save whose blob the registry holds.
+    name = new_name()
+    data = random.Random(82).randbytes(4000)
+    handle = Handle(FileType.PACK, sha256(data).hex)
+    backend = RegistryBackend(client(proxy.host, name, retries=1))
+    backend.create()
+    proxy.on("HEAD", f"/blobs/{sha256(data)}", Respond(404), times=1)  # before the upload
+    rule = proxy.on("HEAD", f"/blobs/{sha256(data)}", Respond(500), times=3)
+    backend.save(handle, data)
+    assert rule.hits == 3
+    backend.close()
+    fresh = RegistryBackend(client(registry.host, name))
+    assert fresh.load(handle) == data
+    fresh.close()
+
+
 def test_b13_416_on_patch_asks_for_the_status_and_resumes(
     proxy: FaultProxy, registry: RunningRegistry
 ) -> None:
