@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from index.errors import Malformed
 
-__all__ = ["ALGORITHMS", "DIGEST_SIZE", "Digest", "sha256"]
+__all__ = ["ALGORITHMS", "DIGEST_SIZE", "Digest", "parse_sha256", "sha256"]
 
 DIGEST_SIZE = 32
 #: Algorithms an id may carry. ``sha256`` names content (files, packs, plaintext blobs in an
@@ -63,6 +63,24 @@ class Digest:
     def from_hex(cls, hex_text: str, algorithm: str = "sha256") -> Digest:
         """Parse bare hex (a file name) with the given algorithm."""
         return cls.parse(f"{algorithm}:{hex_text}")
+
+
+def parse_sha256(text: object, what: str) -> Digest:
+    """A ``sha256:<hex>`` content digest from image metadata or a reference, strictly parsed.
+
+    Stricter than :meth:`Digest.parse`: only ``sha256`` names content in OCI images. ``what`` names
+    the field in the :class:`~index.errors.Malformed` message (callers turn it into their own error).
+    """
+    if not isinstance(text, str):
+        raise Malformed(f"{what}: no digest")
+    m = _TEXT.match(text)
+    if m is None:
+        raise Malformed(
+            f"{what}: invalid digest {text!r:.100}; expected sha256:<64 lower-case hex>"
+        )
+    if m.group(1) != "sha256":
+        raise Malformed(f"{what}: digest {text:.100} is not sha256")
+    return Digest("sha256", bytes.fromhex(m.group(2)))
 
 
 def sha256(data: bytes | bytearray | memoryview) -> Digest:

@@ -22,14 +22,12 @@ from pathlib import Path
 from chunkstore.errors import BackendError, IntegrityError, UsageError
 from chunkstore.fsutil import fsync_dir
 from chunkstore.readable import Readable
-from index.errors import Malformed
 from index.ids import Digest
 
 __all__ = [
     "BlobDigestMismatch",
     "VerifiedReader",
     "blob_path",
-    "parse_sha256",
     "write_blob_atomically",
 ]
 
@@ -39,21 +37,6 @@ _CHUNK = 1 << 20
 
 class BlobDigestMismatch(IntegrityError):
     """A blob's bytes do not match the digest or size its descriptor declares."""
-
-
-def parse_sha256(text: object, what: str) -> Digest:
-    """A ``sha256:<hex>`` digest from image metadata, strictly parsed (never used raw as a path)."""
-    if not isinstance(text, str):
-        raise UsageError(f"{what}: no digest")
-    try:
-        digest = Digest.parse(text)
-    except Malformed:
-        raise UsageError(
-            f"{what}: invalid digest {text!r:.100}; expected sha256:<64 lower-case hex>"
-        ) from None
-    if digest.algorithm != "sha256":
-        raise UsageError(f"{what}: digest {text:.100} is not sha256")
-    return digest
 
 
 def blob_path(directory: Path, digest: Digest) -> Path:

@@ -33,7 +33,7 @@ from typing import IO, Any, BinaryIO
 from chunkstore import jsonsafe
 from chunkstore.errors import BackendError, MissingObject, UsageError
 from chunkstore.fsutil import atomic_file
-from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, parse_sha256
+from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader
 from chunkstore.images.oci_layout import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -50,7 +50,8 @@ from chunkstore.images.oci_layout import (
     Platform,
     parse_descriptor,
 )
-from index.ids import Digest, sha256
+from index.errors import Malformed
+from index.ids import Digest, parse_sha256, sha256
 
 __all__ = ["DockerArchive", "write_docker_archive"]
 
@@ -234,7 +235,10 @@ class DockerArchive:
             )
         layers_list = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
-            digest = parse_sha256(diff_id, f"config {config_name}: diff_id {i}")
+            try:
+                digest = parse_sha256(diff_id, f"config {config_name}: diff_id {i}")
+            except Malformed as exc:
+                raise UsageError(str(exc)) from None
             named = _name_digest(name)
             if named is not None and named != digest:
                 raise BlobDigestMismatch(

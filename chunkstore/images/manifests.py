@@ -36,9 +36,9 @@ from typing import Any
 
 from chunkstore import jsonsafe
 from chunkstore.errors import UnsupportedFormat, UsageError
-from chunkstore.images.blobs import parse_sha256
 from chunkstore.images.decompress import layer_compression
-from index.ids import Digest
+from index.errors import Malformed
+from index.ids import Digest, parse_sha256
 
 __all__ = [
     "CONFIG_MEDIA_TYPES",
@@ -184,7 +184,10 @@ def parse_descriptor(obj: object, what: str) -> Descriptor:
         raise UsageError(f"{what}: descriptor has no 'mediaType'")
     if not isinstance(digest_text, str):
         raise UsageError(f"{what}: descriptor has no 'digest'")
-    digest = parse_sha256(digest_text, what)
+    try:
+        digest = parse_sha256(digest_text, what)
+    except Malformed as exc:
+        raise UsageError(str(exc)) from None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise UsageError(f"{what}: descriptor size must be a non-negative integer")
     annotations = obj.get("annotations") or {}

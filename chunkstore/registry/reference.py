@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 
 from chunkstore.errors import UsageError
-from chunkstore.images.blobs import parse_sha256
-from index.ids import Digest
+from index.errors import Malformed
+from index.ids import Digest, parse_sha256
 
 __all__ = [
     "DOCKER_HUB",
@@ -136,7 +136,10 @@ def parse_reference(text: str) -> Reference:
     digest: Digest | None = None
     if "@" in rest:
         rest, _, digest_text = rest.partition("@")
-        digest = parse_sha256(digest_text, f"image reference {text!r:.200}")
+        try:
+            digest = parse_sha256(digest_text, f"image reference {text!r:.200}")
+        except Malformed as exc:
+            raise UsageError(str(exc)) from None
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         host = _validate_host(first, text)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from index.errors import FormatError, Malformed
-from index.ids import ALGORITHMS, DIGEST_SIZE, Digest, sha256
+from index.ids import ALGORITHMS, DIGEST_SIZE, Digest, parse_sha256, sha256
 
 HEX64 = "0123456789abcdef" * 4
 RAW = bytes.fromhex(HEX64)
@@ -166,3 +166,14 @@ def test_only_canonical_text_parses(text: str) -> None:
         return
     assert str(d) == text
     assert "/" not in text and ".." not in text
+
+
+def test_parse_sha256_takes_only_sha256_content_digests() -> None:
+    d = sha256(b"layer")
+    assert parse_sha256(str(d), "layer 0") == d
+    with pytest.raises(Malformed, match=r"layer 0: digest hmac-sha256:.* is not sha256"):
+        parse_sha256(f"hmac-sha256:{d.hex}", "layer 0")
+    with pytest.raises(Malformed, match=r"layer 0: invalid digest .*expected sha256:<64"):
+        parse_sha256(f"sha256:{d.hex.upper()}", "layer 0")
+    with pytest.raises(Malformed, match="layer 0: no digest"):
+        parse_sha256(None, "layer 0")
