@@ -15,26 +15,17 @@ from hypothesis import strategies as st
 
 from chunkstore import streams as streams_module
 from chunkstore.backends.base import FileType
-from chunkstore.backends.memory import MemoryBackend
 from chunkstore.blob import BlobType
-from chunkstore.chunker import Chunker, ChunkerParams
+from chunkstore.chunker import Chunker
 from chunkstore.errors import CorruptMetadata
 from chunkstore.repository import Repository
 from chunkstore.streams import iter_stream, read_chunk_lists, store_stream
 from index.chunklist import ChunkRef, StreamBody, decode_chunk_list, encode_chunk_list
-
-PARAMS = ChunkerParams(1024, 4096, 16384)
-PACK_SIZE = 64 * 1024
+from tests.helpers import SMALL_CHUNKS, new_repo
 
 
 def data(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-def new_repo(cache: Path, backend: MemoryBackend | None = None) -> Repository:
-    return Repository.init(
-        backend or MemoryBackend(), cache_dir=cache, chunker=PARAMS, pack_size=PACK_SIZE
-    )
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ def test_round_trip_small_streams(payload: bytes) -> None:
         assert (stats.chunks == 0) is (payload == b"")
         chunks = list(iter_stream(repo, body))
         assert b"".join(chunks) == payload
-        assert all(0 < len(c) <= PARAMS.max_size for c in chunks)
+        assert all(0 < len(c) <= SMALL_CHUNKS.max_size for c in chunks)
         # Also after a flush, through a fresh cache.
         repo.flush()
         with Repository.open(repo.backend, cache_dir=Path(tmp) / "again") as again:
@@ -123,7 +114,7 @@ def test_chunk_lists_split_at_max_entries(
     repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     payload = data(8, 200_000)
-    n_chunks = sum(1 for _ in Chunker(PARAMS).chunk_bytes(payload))
+    n_chunks = sum(1 for _ in Chunker(SMALL_CHUNKS).chunk_bytes(payload))
     assert n_chunks > 20
     monkeypatch.setattr(streams_module, "MAX_ENTRIES", 7)
     body, stats = store_stream(repo, io.BytesIO(payload))
@@ -143,7 +134,7 @@ def test_chunk_count_multiple_of_max_entries_has_no_empty_list(
     repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     candidates = (data(seed, 120_000) for seed in range(9, 60))
-    counted = ((p, sum(1 for _ in Chunker(PARAMS).chunk_bytes(p))) for p in candidates)
+    counted = ((p, sum(1 for _ in Chunker(SMALL_CHUNKS).chunk_bytes(p))) for p in candidates)
     payload, n_chunks, divisor = next(
         (p, n, d) for p, n in counted for d in range(3, n // 2 + 1) if n % d == 0
     )

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 
 from chunkstore import api
-from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import UsageError
 from chunkstore.images.backup import backup_image
 from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
 from chunkstore.images.restore import restore_image
-from chunkstore.repository import Repository
 from index.ids import Digest, sha256
 from tests.corpus import MINBASE, MINBASE_REBUILT, require_corpus
+from tests.helpers import new_repo
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -81,17 +80,11 @@ def write_image(
     return config_bytes
 
 
-def new_repo(tmp: Path) -> Repository:
-    return api.init_repository(
-        tmp / "repo", cache_dir=tmp / "cache", chunker=ChunkerParams(1024, 4096, 16384)
-    )
-
-
 def test_round_trip_is_exact_and_valid(tmp_path: Path) -> None:
     base = layer_tar({"etc/os-release": b"ID=test\n", "usr/bin/tool": bytes(range(256)) * 300})
     top = layer_tar({"app/main.py": b"print(42)\n" * 50}, whiteouts=("etc/.wh.os-release",))
     write_image(tmp_path / "src", "v1", [base, top])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "app")
     assert result.layers == 2 and result.reproducible_layers == 2
     restored = restore_image(repo, "app", f"oci:{tmp_path / 'out'}:v1")
@@ -117,7 +110,7 @@ def test_not_reproducible_layer_rewrites_manifest_keeps_image_id(tmp_path: Path)
     blob = gzip.compress(tar, mtime=12345)  # header differs from what zlib writes alone
     blob = blob[:9] + b"\x07" + blob[10:]  # an unusual OS byte in the gzip header
     config = write_image(tmp_path / "src", "v1", [tar], blobs=[blob])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     restore_image(repo, "x", f"oci:{tmp_path / 'out'}:v1")
     (b,) = OCILayout(tmp_path / "out").resolve("v1")
@@ -136,7 +129,7 @@ def test_not_reproducible_layer_rewrites_manifest_keeps_image_id(tmp_path: Path)
 def test_inconsistent_diff_id_records_nothing(tmp_path: Path) -> None:
     tar = layer_tar({"a": b"1"})
     write_image(tmp_path / "src", "v1", [tar], diff_ids=[str(sha256(b"other"))])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     with pytest.raises(UsageError, match="inconsistent"):
         backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     assert repo.list_records() == []
@@ -146,7 +139,7 @@ def test_inconsistent_diff_id_records_nothing(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_real_debian_image_round_trip(tmp_path: Path) -> None:
     corpus = require_corpus(MINBASE, MINBASE_REBUILT)
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"oci:{corpus}:{MINBASE}", "minbase")
     first = repo.stats["bytes_written"]
     backup_image(repo, f"oci:{corpus}:{MINBASE_REBUILT}", "rebuilt")
@@ -169,7 +162,7 @@ def test_known_layer_is_reused_not_ingested_again(tmp_path: Path) -> None:
     top = layer_tar({"app/b": b"b" * 100}, whiteouts=("etc/.wh.a",))
     write_image(tmp_path / "src", "base", [base])
     write_image(tmp_path / "src", "app", [base, top])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     first = backup_image(repo, f"oci:{tmp_path / 'src'}:base", "base")
     assert first.reused_layers == 0
     written = repo.stats["bytes_written"]
@@ -204,7 +197,7 @@ def test_damaged_layer_blob_records_nothing(tmp_path: Path) -> None:
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(bytes(data))
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     with pytest.raises((IntegrityError, UsageError)):
         backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     assert repo.list_records() == []
@@ -239,7 +232,7 @@ def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
         entries.append({**mdesc.to_json(), "platform": {"architecture": arch, "os": "linux"}})
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     writer.add_manifest(index, OCI_INDEX, "multi")
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "multi")
     assert result.images == 2
     restore_image(repo, "multi", f"oci:{tmp_path / 'out'}:multi")
@@ -261,7 +254,7 @@ def test_root_directory_metadata_round_trips(tmp_path: Path) -> None:
     (src / "etc" / "hostname").write_bytes(b"box\n")
     os.chmod(src, 0o750)
     os.utime(src, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"dir:{src}", "rootfs")
     from chunkstore.browse import open_image
 
@@ -285,7 +278,7 @@ def test_forget_and_prune_keep_the_other_image_whole(tmp_path: Path) -> None:
     shared = {"usr/lib/shared": bytes(range(256)) * 200}
     write_image(tmp_path / "src", "a", [layer_tar({**shared, "only-a": b"a" * 50_000})])
     write_image(tmp_path / "src", "b", [layer_tar({**shared, "only-b": b"b" * 70_000})])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"oci:{tmp_path / 'src'}:a", "a")
     backup_image(repo, f"oci:{tmp_path / 'src'}:b", "b")
     api.forget(repo, "a")
@@ -310,7 +303,7 @@ def test_gzip_level_applies_to_rewritten_layers_only(tmp_path: Path) -> None:
     foreign = odd.compress(tar) + odd.flush()  # settings no family tries: not reproduced
     exact = layer_tar({"other": b"y" * 5000})
     write_image(tmp_path / "src", "v1", [tar, exact], blobs=[foreign, zlib_gzip(exact)])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backed = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x", keep_originals=False)
     assert [r.outcome for r in backed.layer_reports] == ["new-digest", "reproduced"]
     assert backed.kept_layers == 0 and backed.kept_bytes == 0
@@ -340,7 +333,7 @@ def test_unreproducible_layer_is_kept_and_restored_exactly(tmp_path: Path) -> No
     exact = layer_tar({"other": b"y" * 5000})
     write_image(tmp_path / "src", "v1", [tar, exact], blobs=[foreign, zlib_gzip(exact)])
     (orig,) = OCILayout(tmp_path / "src").resolve("v1")
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backed = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x")
     assert [r.outcome for r in backed.layer_reports] == ["kept", "reproduced"]
     assert backed.kept_layers == 1 and 0 < backed.kept_bytes <= len(foreign)
@@ -376,7 +369,7 @@ def test_damaged_kept_bytes_fail_the_restore_never_write_other_bytes(tmp_path: P
     odd = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 3, zlib.Z_FILTERED)
     foreign = odd.compress(tar) + odd.flush()
     write_image(tmp_path / "src", "v1", [tar], blobs=[foreign])
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     assert backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "x").kept_layers == 1
     _, body = repo.find_body("x", "image", ImageBody.from_cbor)
     (layer,) = body.images[0].layers

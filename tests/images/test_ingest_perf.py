@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 
 import chunkstore.images.ingest as ingest_mod
-from chunkstore.backends.memory import MemoryBackend
-from chunkstore.chunker import ChunkerParams
 from chunkstore.images.ingest import ReadAhead, ingest_layer
 from chunkstore.images.rebuild import rebuild_layer
-from chunkstore.repository import Repository
 from chunkstore.streams import ChunkStorer
 from index.chunklist import ChunkRef
-
-PARAMS = ChunkerParams(1024, 4096, 16384)
-
-
-def new_repo(tmp: Path) -> Repository:
-    return Repository.init(MemoryBackend(), cache_dir=tmp, chunker=PARAMS, pack_size=64 * 1024)
+from tests.helpers import new_repo
 
 
 def payloads(n: int, seed: int = 1) -> list[bytes]:

@@ -12,9 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkstore.backends.memory import MemoryBackend
 from chunkstore.blob import BlobType
-from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptMetadata
 from chunkstore.images.ingest import ingest_layer
 from chunkstore.images.rebuild import rebuild_layer
@@ -34,13 +32,8 @@ from index.recipe import (
     _op_cbor,
     decode_part,
 )
+from tests.helpers import new_repo
 from tests.index.strategies import digests
-
-PARAMS = ChunkerParams(1024, 4096, 16384)
-
-
-def new_repo(tmp: Path) -> Repository:
-    return Repository.init(MemoryBackend(), cache_dir=tmp, chunker=PARAMS, pack_size=64 * 1024)
 
 
 def make_tar(

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from chunkstore import api
-from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptBlob, CorruptMetadata, UsageError
 from chunkstore.images import extract
 from chunkstore.images.backup import backup_image
@@ -30,14 +29,9 @@ from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, _parallel_gzip_chun
 from chunkstore.repository import Repository
 from index.ids import Digest
 from index.image import ImageBody
+from tests.helpers import new_repo
 
 IS_ROOT = os.geteuid() == 0
-
-
-def new_repo(tmp: Path) -> Repository:
-    return api.init_repository(
-        tmp / "repo", cache_dir=tmp / "cache", chunker=ChunkerParams(1024, 4096, 16384)
-    )
 
 
 def make_tree(root: Path) -> None:
@@ -94,7 +88,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Digest
     tmp = tmp_path_factory.mktemp("perf")
     src = tmp / "src"
     make_tree(src)
-    repo = new_repo(tmp)
+    repo = new_repo(tmp, on_disk=True)
     backup_image(repo, f"dir:{src}", "img", platform="linux/amd64")
     root = ImageBody.from_cbor(repo.find_record("img")[1].body).images[0].root
     repo.close()

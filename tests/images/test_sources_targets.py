@@ -18,7 +18,6 @@ import pytest
 
 from chunkstore import api
 from chunkstore.blob import BlobType
-from chunkstore.chunker import ChunkerParams
 from chunkstore.errors import CorruptMetadata, UsageError
 from chunkstore.images.backup import backup_image
 from chunkstore.images.dirsource import DirTarStream
@@ -31,16 +30,11 @@ from index.ids import sha256
 from index.image import ImageBody, ImageEntry
 from index.record import Record
 from index.tree import Node, NodeType, decode_tree, encode_tree
+from tests.helpers import new_repo
 
 SKOPEO = shutil.which("skopeo")
 IS_ROOT = os.geteuid() == 0
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-def new_repo(tmp: Path) -> Repository:
-    return api.init_repository(
-        tmp / "repo", cache_dir=tmp / "cache", chunker=ChunkerParams(1024, 4096, 16384)
-    )
 
 
 def make_tree(root: Path) -> dict[str, bool]:
@@ -133,7 +127,7 @@ def test_dir_tar_is_deterministic_and_streamed(tmp_path: Path) -> None:
 def test_dir_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "src"
     features = make_tree(src)
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"dir:{src}", "rootfs", platform="linux/arm64")
     assert result.images == 1 and result.layers == 1 and result.reproducible_layers == 1
     assert not result.notes
@@ -206,7 +200,7 @@ def test_dir_source_reports_sockets(tmp_path: Path) -> None:
     except OSError:
         pytest.skip("cannot bind a unix socket here")
     try:
-        repo = new_repo(tmp_path)
+        repo = new_repo(tmp_path, on_disk=True)
         result = backup_image(repo, f"dir:{src}", "s")
         assert any("sock" in n and "socket" in n for n in result.notes)
         repo.close()
@@ -275,7 +269,7 @@ def test_docker_archive_source_round_trip(tmp_path: Path, style: str) -> None:
         write_docker_archive(archive, config, [(sha256(t), [t]) for t in tars], ["app:1"])
     else:
         legacy_archive(archive, config, tars, "app:1")
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"docker-archive:{archive}:app:1", "app", platform="linux/amd64")
     assert result.layers == 2 and result.reproducible_layers == 2
     with pytest.raises(UsageError, match="not linux/arm64"):
@@ -343,7 +337,7 @@ def test_symlink_escape_is_left_out_of_the_view(tmp_path: Path, split: bool) -> 
         else [layer([link, evil], {"etc/evil": b"pwned"})]
     )
     write_oci(tmp_path / "src", tars)
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "evil")
     (note,) = result.notes
     assert "not in the file-system view" in note and "not a directory" in note
@@ -366,7 +360,7 @@ def save_image_record(repo: Repository, name: str, root_tree: bytes) -> None:
 
 
 def test_crafted_dotdot_node_is_refused(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     good = encode_tree([Node(b"ab", NodeType.FIFO, 0o644, 0, 0, 0)])
     crafted = good.replace(b"\x42ab", b"\x42..")
     assert crafted != good
@@ -388,7 +382,7 @@ def test_force_never_follows_existing_symlinks(tmp_path: Path) -> None:
         )
     ]
     write_oci(tmp_path / "src", tars)
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "img")
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -415,7 +409,7 @@ def test_devices_and_setuid_need_allow_special(tmp_path: Path) -> None:
         )
     ]
     write_oci(tmp_path / "src", tars)
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     backup_image(repo, f"oci:{tmp_path / 'src'}:v1", "img")
     dest = tmp_path / "plain"
     result = restore_image(repo, "img", f"dir:{dest}")
@@ -441,7 +435,7 @@ def test_devices_and_setuid_need_allow_special(tmp_path: Path) -> None:
 
 
 def test_multi_image_record_needs_platform(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path)
+    repo = new_repo(tmp_path, on_disk=True)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"x")
     backup_image(repo, f"dir:{tmp_path / 'd'}", "one", platform="linux/amd64")
