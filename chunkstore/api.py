@@ -19,7 +19,7 @@ from typing import BinaryIO
 from chunkstore import check as _check
 from chunkstore import prune as _prune
 from chunkstore import reindex as _reindex
-from chunkstore.backends import RemoteOptions, open_backend
+from chunkstore.backends import BackendHooks, RemoteOptions, open_backend
 from chunkstore.backends.base import FileType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.config import DEFAULT_PACK_SIZE
@@ -60,12 +60,14 @@ def init_repository(
     compression_level: int = 3,
     remote: RemoteOptions | None = None,
     keys_from: Repository | None = None,
+    hooks: BackendHooks | None = None,
 ) -> Repository:
     """Create a repository at ``location`` (encrypted when a password is given).
 
     ``keys_from``: take that repository's master key and chunker parameters (for ``copy``).
+    ``hooks``: what the caller adds to the backend (see :class:`BackendHooks`).
     """
-    backend = open_backend(location, remote)
+    backend = open_backend(location, remote, hooks)
     try:
         return Repository.init(
             backend,
@@ -87,9 +89,13 @@ def open_repository(
     cache_dir: Path,
     password: PasswordSource = None,
     remote: RemoteOptions | None = None,
+    hooks: BackendHooks | None = None,
 ) -> Repository:
-    """Open the repository at ``location`` (``remote``: how to reach a registry)."""
-    backend = open_backend(location, remote)
+    """Open the repository at ``location`` (``remote``: how to reach a registry).
+
+    ``hooks``: what the caller adds to the backend (see :class:`BackendHooks`).
+    """
+    backend = open_backend(location, remote, hooks)
     try:
         return Repository.open(backend, cache_dir=cache_dir, password=password)
     except BaseException:

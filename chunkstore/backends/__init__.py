@@ -1,7 +1,8 @@
 """Storage backends behind one small interface (see :mod:`chunkstore.backends.base`).
 
-:func:`open_backend` turns a repository location into a backend; wrappers are composed here only.
-:func:`remove_temp_files` removes what crashed saves left in a local repository.
+:func:`open_backend` turns a repository location into a backend; a caller's :class:`BackendHooks`
+(the command line's crash points) are composed here only. :func:`remove_temp_files` removes what
+crashed saves left in a local repository.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
 from chunkstore.backends.local import LocalBackend
@@ -17,12 +17,10 @@ from chunkstore.backends.memory import MemoryBackend
 from chunkstore.environment import Environment
 from chunkstore.errors import UsageError
 
-if TYPE_CHECKING:
-    from chunkstore.testing.crashpoints import CrashPoint
-
 __all__ = [
     "TEMP_FILE_AGE_S",
     "Backend",
+    "BackendHooks",
     "FileInfo",
     "FileType",
     "Handle",
@@ -48,9 +46,6 @@ class RemoteOptions:
 
     env: Mapping[str, str] = field(default_factory=Environment, repr=False)
     plain_http: bool = False
-    #: Testing: kill the process at this commit step (``CHUNKSTORE_CRASH_AT``; see
-    #: :mod:`chunkstore.testing.crashpoints`).
-    crash_point: str | None = None
 
     def __post_init__(self) -> None:
         """Keep the environment only in its never-printing form."""
@@ -58,27 +53,39 @@ class RemoteOptions:
             object.__setattr__(self, "env", Environment(self.env))
 
 
-def open_backend(location: str | Path, remote: RemoteOptions | None = None) -> Backend:
+@dataclass(frozen=True, slots=True)
+class BackendHooks:
+    """What a caller adds to the backend :func:`open_backend` opens (none by default).
+
+    ``wrap`` gets the opened backend and returns the one to use (a wrapper that keeps the
+    original as ``inner``). ``on_temp_written(handle, tmp)`` runs inside a local repository's
+    save once its temporary file is written and fsynced (see
+    :class:`~chunkstore.backends.local.LocalBackend`); a registry has no temporary files and
+    refuses it. The command line composes its ``CHUNKSTORE_CRASH_AT`` crash points from these.
+    """
+
+    wrap: Callable[[Backend], Backend] | None = None
+    on_temp_written: Callable[[Handle, Path], None] | None = None
+
+
+def open_backend(
+    location: str | Path, remote: RemoteOptions | None = None, hooks: BackendHooks | None = None
+) -> Backend:
     """A backend for ``location``: ``local:PATH``, a plain path, or ``registry:HOST[:PORT]/NAME``."""
-    remote = remote or RemoteOptions()
-    point: CrashPoint | None = None
-    if remote.crash_point:
-        from chunkstore.testing.crashpoints import ENV_VAR, crash_point_from
-
-        point = crash_point_from({ENV_VAR: remote.crash_point})
-    backend = _open_plain(str(location), remote, point)
-    if point is not None and point.op != "temp":
-        from chunkstore.testing.crashpoints import CrashAtBackend
-
-        return CrashAtBackend(backend, point)
-    return backend
+    hooks = hooks or BackendHooks()
+    backend = _open_plain(str(location), remote or RemoteOptions(), hooks.on_temp_written)
+    return hooks.wrap(backend) if hooks.wrap is not None else backend
 
 
-def _open_plain(text: str, remote: RemoteOptions, point: CrashPoint | None) -> Backend:
-    temp_point = point if point is not None and point.op == "temp" else None
+def _open_plain(
+    text: str, remote: RemoteOptions, on_temp_written: Callable[[Handle, Path], None] | None
+) -> Backend:
     if text.startswith("registry:"):
-        if temp_point is not None:
-            raise UsageError(f"crash point {temp_point.name!r} needs a local repository")
+        if on_temp_written is not None:
+            raise UsageError(
+                f"{text}: a registry repository has no temporary files to hook; "
+                "use a local repository"
+            )
         from chunkstore.backends.registry import open_registry_backend
 
         return open_registry_backend(text[len("registry:") :], remote)
@@ -86,12 +93,7 @@ def _open_plain(text: str, remote: RemoteOptions, point: CrashPoint | None) -> B
         text = text[len("local:") :]
     if not text:
         raise UsageError("empty repository location")
-    hook: Callable[[Handle, Path], None] | None = None
-    if temp_point is not None:
-        from chunkstore.testing.crashpoints import crash_in_temp_write
-
-        hook = crash_in_temp_write(temp_point)
-    return LocalBackend(Path(text).expanduser(), on_temp_written=hook)
+    return LocalBackend(Path(text).expanduser(), on_temp_written=on_temp_written)
 
 
 def remove_temp_files(backend: Backend, *, exclusive: bool) -> int:

@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from chunkstore import api
-from chunkstore.backends import RemoteOptions
+from chunkstore.backends import BackendHooks, RemoteOptions
 from chunkstore.environment import Environment
 from chunkstore.errors import UsageError
 from chunkstore.repository import Repository
+from chunkstore.testing.crashpoints import crash_hooks, crash_point_from
 
 __all__ = ["Ctx", "parse_size", "pass_ctx"]
 
@@ -40,9 +41,10 @@ class Ctx:
         self.location = repo or env.get("CHUNKSTORE_REPO") or str(data_home / "chunkstore" / "repo")
         self.cache_dir = Path(cache_dir or env.get("CHUNKSTORE_CACHE") or cache_home / "chunkstore")
         self.as_json = as_json
-        self.remote = RemoteOptions(
-            env=env, plain_http=plain_http, crash_point=env.get("CHUNKSTORE_CRASH_AT")
-        )
+        self.remote = RemoteOptions(env=env, plain_http=plain_http)
+        # Testing: CHUNKSTORE_CRASH_AT kills this process at a commit step (tests/reliability).
+        point = crash_point_from(env)
+        self.hooks: BackendHooks | None = crash_hooks(point) if point is not None else None
         self.err = Console(stderr=True)
 
     def password(
@@ -66,11 +68,16 @@ class Ctx:
             cache_dir=self.cache_dir,
             password=lambda: self.password(var=var, what=what),
             remote=self.remote,
+            hooks=self.hooks,
         )
 
     def open(self) -> Repository:
         return api.open_repository(
-            self.location, cache_dir=self.cache_dir, password=self.password, remote=self.remote
+            self.location,
+            cache_dir=self.cache_dir,
+            password=self.password,
+            remote=self.remote,
+            hooks=self.hooks,
         )
 
     def emit(self, value: Any, text: str) -> None:

@@ -93,6 +93,7 @@ def init(
             pack_size=parse_size(pack_size),
             compression_level=compression_level,
             remote=c.remote,
+            hooks=c.hooks,
             keys_from=keys_from,
         )
     finally:

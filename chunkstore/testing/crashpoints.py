@@ -25,7 +25,9 @@ process); a ``temp`` point needs the backend's cooperation: :func:`crash_in_temp
 hook a :class:`~chunkstore.backends.local.LocalBackend` calls once a temporary file is written.
 :func:`crash_point_from` reads the point from an environment mapping (``CHUNKSTORE_CRASH_AT``),
 for a caller that owns the environment (the CLI, a test's child process); nothing in this module
-reads ``os.environ`` itself.
+reads ``os.environ`` itself. :func:`crash_hooks` turns a point into the
+:class:`~chunkstore.backends.BackendHooks` the command line passes to ``open_backend``: the
+production path never imports this module.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from chunkstore.backends import BackendHooks
 from chunkstore.backends.base import Backend, FileType, Handle
 from chunkstore.errors import UsageError
 from chunkstore.testing.faults import FaultyBackend
@@ -46,6 +49,7 @@ __all__ = [
     "ENV_VAR",
     "CrashAtBackend",
     "CrashPoint",
+    "crash_hooks",
     "crash_in_temp_write",
     "crash_point_from",
 ]
@@ -115,6 +119,13 @@ def crash_in_temp_write(
                 os._exit(exit_code)
 
     return hook
+
+
+def crash_hooks(point: CrashPoint, *, exit_code: int = 137) -> BackendHooks:
+    """The backend hooks that die at ``point``: a wrapper, or a local save's temp-write hook."""
+    if point.op == "temp":
+        return BackendHooks(on_temp_written=crash_in_temp_write(point, exit_code=exit_code))
+    return BackendHooks(wrap=lambda backend: CrashAtBackend(backend, point, exit_code=exit_code))
 
 
 class CrashAtBackend(FaultyBackend):

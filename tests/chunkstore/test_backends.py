@@ -1,10 +1,9 @@
-"""Backends: the contract suite for each backend, then local, retry and fault specifics."""
+"""Backends: the contract suite for each backend, then local, hook and fault specifics."""
 
 from __future__ import annotations
 
 import errno
 import os
-import random
 import stat
 import subprocess
 import sys
@@ -15,20 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore.backends import TEMP_FILE_AGE_S, remove_temp_files
+from chunkstore.backends import TEMP_FILE_AGE_S, BackendHooks, open_backend, remove_temp_files
 from chunkstore.backends import local as local_module
 from chunkstore.backends.base import Backend, FileInfo, FileType, Handle
 from chunkstore.backends.local import LocalBackend
 from chunkstore.backends.memory import MemoryBackend
-from chunkstore.backends.retry import RetryBackend
 from chunkstore.errors import BackendError, NotFound, ShortRead, Transient, UsageError
 from chunkstore.testing.backend_suite import BackendContract, handle_for, payload
 from chunkstore.testing.faults import FaultyBackend, SimulatedCrash
-
-
-def _no_sleep(_: float) -> None:
-    """A ``sleep`` that returns at once."""
-
 
 # -- the contract suite against every backend ----------------------------------------------------
 
@@ -51,29 +44,6 @@ class TestLocalBackendContract(BackendContract):
         b.close()
         assert b.stray_files() == []
         assert not list((tmp_path / "repo").rglob(".tmp-*")), "a save left a temporary file"
-
-
-class TestRetryBackendContract(BackendContract):
-    @pytest.fixture
-    def backend(self) -> Iterator[Backend]:
-        b = RetryBackend(MemoryBackend(), base_delay=0, sleep=_no_sleep)
-        b.create()
-        yield b
-        b.close()
-
-
-class TestRetryOverFlakyBackendContract(BackendContract):
-    """Retrying hides a backend whose first calls of each operation fail transiently."""
-
-    @pytest.fixture
-    def backend(self) -> Iterator[Backend]:
-        flaky = FaultyBackend(MemoryBackend())
-        for op in ("create", "exists", "save", "load", "stat", "list", "remove"):
-            flaky.fail_times(op, 2)
-        b = RetryBackend(flaky, attempts=3, base_delay=0, sleep=_no_sleep)
-        b.create()
-        yield b
-        b.close()
 
 
 class TestFaultyBackendWithoutFaultsContract(BackendContract):
@@ -172,7 +142,7 @@ def test_remove_temp_files_under_an_exclusive_lock_spares_only_lock_attempts(
         path.write_bytes(b"x")
     long_ago = time.time() - TEMP_FILE_AGE_S - 60
     os.utime(old_lock, (long_ago, long_ago))
-    wrapped = RetryBackend(FaultyBackend(repo), sleep=_no_sleep)
+    wrapped = FaultyBackend(FaultyBackend(repo))
     # Without the lock (check), a save may be writing them: only the old one goes.
     assert remove_temp_files(wrapped, exclusive=False) == 1
     assert _temp_files(root) == sorted([*fresh, lock_attempt])
@@ -375,117 +345,27 @@ def test_local_truncated_file_is_short_read(repo: LocalBackend) -> None:
     assert "only 2 available" in message
 
 
-# -- RetryBackend --------------------------------------------------------------------------------
+# -- open_backend's hooks -------------------------------------------------------------------------
 
 
-def _retrying(
-    attempts: int = 5, base_delay: float = 1.0, max_delay: float = 30.0
-) -> tuple[RetryBackend, FaultyBackend, list[float]]:
-    faulty = FaultyBackend(MemoryBackend())
-    sleeps: list[float] = []
-    retry = RetryBackend(
-        faulty,
-        attempts=attempts,
-        base_delay=base_delay,
-        max_delay=max_delay,
-        sleep=sleeps.append,
-        rng=random.Random(7),
-    )
-    return retry, faulty, sleeps
-
-
-def test_retry_transient_then_success_with_backoff() -> None:
-    retry, faulty, sleeps = _retrying()
+def test_open_backend_composes_the_callers_hooks(tmp_path: Path) -> None:
+    written: list[Handle] = []
+    hooks = BackendHooks(wrap=FaultyBackend, on_temp_written=lambda h, _tmp: written.append(h))
+    backend = open_backend(f"local:{tmp_path / 'repo'}", hooks=hooks)
+    assert isinstance(backend, FaultyBackend)
+    assert isinstance(backend.inner, LocalBackend)
+    backend.create()
     h = handle_for(FileType.PACK, "p")
-    faulty.inner.save(h, b"pack")
-    faulty.fail_times("load", 3)
-    assert retry.load(h) == b"pack"
-    assert faulty.calls("load") == [h] * 4
-    assert len(sleeps) == 3
-    for attempt, delay in enumerate(sleeps, start=1):
-        full = 2.0 ** (attempt - 1)
-        assert full / 2 <= delay <= full
+    backend.save(h, b"pack")
+    assert written == [h]
+    assert backend.calls("save") == [h]
+    assert type(open_backend(tmp_path / "repo")) is LocalBackend
 
 
-def test_retry_delay_is_capped() -> None:
-    retry, _, _ = _retrying(base_delay=1.0, max_delay=3.0)
-    assert all(1.5 <= retry.delay(attempt) <= 3.0 for attempt in range(3, 40))
-
-
-def test_retry_gives_up_after_the_last_attempt() -> None:
-    retry, faulty, sleeps = _retrying(attempts=4)
-    h = handle_for(FileType.INDEX, "i")
-    faulty.fail_always("save")
-    with pytest.raises(Transient) as info:
-        retry.save(h, b"x")
-    assert "4 attempts" in str(info.value)
-    assert str(h) in str(info.value)
-    assert isinstance(info.value.__cause__, Transient)
-    assert faulty.calls("save") == [h] * 4
-    assert len(sleeps) == 3
-    assert not faulty.inner.exists(h)
-
-
-@pytest.mark.parametrize("error", [NotFound, BackendError, ShortRead])
-def test_retry_never_retries_permanent_errors(error: type[BackendError]) -> None:
-    retry, faulty, sleeps = _retrying()
-    h = handle_for(FileType.PACK, "p")
-    faulty.fail_always("stat", error=error)
-    with pytest.raises(error):
-        retry.stat(h)
-    assert faulty.calls("stat") == [h]
-    assert sleeps == []
-
-
-def test_retry_passes_not_found_and_usage_errors_through() -> None:
-    retry, faulty, sleeps = _retrying()
-    h = handle_for(FileType.PACK, "p")
-    with pytest.raises(NotFound):
-        retry.load(h)
-    with pytest.raises(NotFound):
-        retry.remove(h)
-    retry.save(h, b"one")
-    with pytest.raises(UsageError):
-        retry.save(h, b"two")
-    assert faulty.calls("load") == [h]
-    assert faulty.calls("remove") == [h]
-    assert faulty.calls("save") == [h, h]
-    assert sleeps == []
-
-
-def test_retry_list_restarts_without_duplicates() -> None:
-    class FailsMidListing(MemoryBackend):
-        failures = 2
-
-        def list(self, file_type: FileType) -> Iterator[FileInfo]:
-            for i, info in enumerate(super().list(file_type)):
-                if i == 2 and self.failures:
-                    self.failures -= 1
-                    raise Transient("connection reset while listing")
-                yield info
-
-    inner = FailsMidListing()
-    handles = {handle_for(FileType.PACK, str(i)) for i in range(6)}
-    for h in handles:
-        inner.save(h, b"x")
-    retry = RetryBackend(inner, base_delay=0, sleep=_no_sleep)
-    listed = [info.handle for info in retry.list(FileType.PACK)]
-    assert sorted(listed) == sorted(handles)
-    assert inner.failures == 0
-
-
-def test_retry_list_gives_up() -> None:
-    retry, faulty, _ = _retrying(attempts=2)
-    faulty.fail_always("list")
-    with pytest.raises(Transient, match="2 attempts"):
-        list(retry.list(FileType.INDEX))
-
-
-def test_retry_rejects_bad_settings() -> None:
-    with pytest.raises(UsageError):
-        RetryBackend(MemoryBackend(), attempts=0)
-    with pytest.raises(UsageError):
-        RetryBackend(MemoryBackend(), base_delay=-1)
+def test_a_temp_write_hook_is_refused_for_a_registry() -> None:
+    hooks = BackendHooks(on_temp_written=lambda _h, _tmp: None)
+    with pytest.raises(UsageError, match="no temporary files"):
+        open_backend("registry:registry.example/repo", hooks=hooks)
 
 
 # -- FaultyBackend -------------------------------------------------------------------------------
