@@ -23,7 +23,8 @@ from typing import NoReturn
 
 import pytest
 
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayoutWriter
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_MANIFEST
 from index.ids import Digest, sha256
 
 __all__ = [

@@ -65,3 +65,32 @@ def test_no_print_and_environment_only_in_cli(path: Path) -> None:
             assert node.func.id != "print", f"{rel}:{node.lineno} calls print()"
         if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
             assert rel.startswith("chunkstore/cli/"), f"{rel}:{node.lineno} reads the environment"
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef))]
+    return {
+        id(n.body[0].value)
+        for n in nodes
+        if n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+    }
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_media_types_are_spelled_only_in_mediatypes(path: Path) -> None:
+    rel = path.relative_to(ROOT).as_posix()
+    if rel == "chunkstore/registry/mediatypes.py":
+        return
+    tree = _tree(path)
+    skip = _docstrings(tree)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in skip
+            and node.value.startswith(("application/vnd.oci.", "application/vnd.docker."))
+        ):
+            raise AssertionError(
+                f"{rel}:{node.lineno} spells the media type {node.value!r}; "
+                "import it from chunkstore.registry.mediatypes"
+            )

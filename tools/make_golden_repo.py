@@ -25,8 +25,8 @@ from pathlib import Path
 
 from chunkstore import api
 from chunkstore.chunker import ChunkerParams
-from chunkstore.images.decompress import OCI_LAYER_GZIP, OCI_LAYER_TAR
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayoutWriter
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST
 from index.ids import sha256
 
 PASSWORD = b"chunkstore-golden"

@@ -54,6 +54,7 @@ from chunkstore.errors import (
 )
 from chunkstore.registry.auth import RegistryAuth, credentials_for
 from chunkstore.registry.client import RegistryClient
+from chunkstore.registry.mediatypes import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST
 from chunkstore.registry.reference import is_loopback, parse_reference, validate_tag
 from index.errors import Malformed
 from index.ids import Digest
@@ -82,16 +83,14 @@ ARTIFACT_TYPE = "application/vnd.chunkstore.file.v1"
 IMAGE_ARTIFACT_TYPE = "application/vnd.chunkstore.image.v1"
 #: Descriptors per image-tag manifest; more are split into parts under an index (4 MiB limit).
 _PART_FILES = 8000
-_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 #: Annotation naming the file a manifest holds (``<type>/<name>``).
 FILE_ANNOTATION = "dev.chunkstore.file"
 #: Every tag this backend writes starts with this (image tags never do).
 TAG_PREFIX = "_cs."
-_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _EMPTY = b"{}"
 _EMPTY_DIGEST = Digest("sha256", hashlib.sha256(_EMPTY).digest())
 _EMPTY_DESCRIPTOR = {
-    "mediaType": "application/vnd.oci.empty.v1+json",
+    "mediaType": OCI_EMPTY,
     "digest": str(_EMPTY_DIGEST),
     "size": len(_EMPTY),
 }
@@ -146,7 +145,7 @@ def file_manifest(handle: Handle, blob: Digest, size: int) -> bytes:
     label = f"{handle.type.value}/{handle.name}"
     doc = {
         "schemaVersion": 2,
-        "mediaType": _OCI_MANIFEST,
+        "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
         "config": _EMPTY_DESCRIPTOR,
         "layers": [
@@ -221,7 +220,7 @@ def image_tag_manifests(
         _canonical_json(
             {
                 "schemaVersion": 2,
-                "mediaType": _OCI_MANIFEST,
+                "mediaType": OCI_MANIFEST,
                 "artifactType": IMAGE_ARTIFACT_TYPE,
                 "config": config,
                 "layers": part,
@@ -233,7 +232,7 @@ def image_tag_manifests(
         return manifests, None
     descs = [
         {
-            "mediaType": _OCI_MANIFEST,
+            "mediaType": OCI_MANIFEST,
             "artifactType": IMAGE_ARTIFACT_TYPE,
             "digest": str(_sha256(data)),
             "size": len(data),
@@ -242,7 +241,7 @@ def image_tag_manifests(
     ]
     index = {
         "schemaVersion": 2,
-        "mediaType": _OCI_INDEX,
+        "mediaType": OCI_INDEX,
         "artifactType": IMAGE_ARTIFACT_TYPE,
         "manifests": descs,
     }
@@ -289,7 +288,7 @@ class RegistryBackend:
             if cached is not None:
                 return cached
         try:
-            fetched = self._client.get_manifest(file_tag(handle), accept=(_OCI_MANIFEST,))
+            fetched = self._client.get_manifest(file_tag(handle), accept=(OCI_MANIFEST,))
         except RegistryObjectMissing:
             return None
         entry = _parse_manifest(handle, fetched.data, fetched.digest)
@@ -383,7 +382,7 @@ class RegistryBackend:
         """
         for attempt in range(_MANIFEST_ATTEMPTS):
             try:
-                return self._client.put_manifest(file_tag(handle), manifest, _OCI_MANIFEST)
+                return self._client.put_manifest(file_tag(handle), manifest, OCI_MANIFEST)
             except AuthError:
                 raise
             except RegistryError as exc:
@@ -492,24 +491,24 @@ class RegistryBackend:
         described = [(h, e.blob, e.size) for h, e in zip(handles, entries, strict=True)]
         manifests, index = image_tag_manifests(described[0], described[1:])
         if index is None:
-            return self._client.put_manifest(tag, manifests[0], _OCI_MANIFEST)
+            return self._client.put_manifest(tag, manifests[0], OCI_MANIFEST)
         for data in manifests:
-            self._client.put_manifest(_sha256(data), data, _OCI_MANIFEST)
-        return self._client.put_manifest(tag, index, _OCI_INDEX)
+            self._client.put_manifest(_sha256(data), data, OCI_MANIFEST)
+        return self._client.put_manifest(tag, index, OCI_INDEX)
 
     def published_record(self, tag: str) -> Digest | None:
         """The record blob digest image tag ``tag`` points at (None: no such image tag)."""
         try:
-            fetched = self._client.get_manifest(tag, accept=(_OCI_MANIFEST, _OCI_INDEX))
+            fetched = self._client.get_manifest(tag, accept=(OCI_MANIFEST, OCI_INDEX))
         except RegistryObjectMissing:
             return None
         try:
             doc = jsonsafe.loads(fetched.data)
             if doc.get("artifactType") != IMAGE_ARTIFACT_TYPE:
                 return None
-            if doc.get("mediaType") == _OCI_INDEX:
+            if doc.get("mediaType") == OCI_INDEX:
                 first = Digest.parse(doc["manifests"][0]["digest"])
-                doc = jsonsafe.loads(self._client.get_manifest(first, accept=(_OCI_MANIFEST,)).data)
+                doc = jsonsafe.loads(self._client.get_manifest(first, accept=(OCI_MANIFEST,)).data)
             return Digest.parse(doc["config"]["digest"])
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, Malformed) as exc:
             raise CorruptMetadata(
@@ -518,7 +517,7 @@ class RegistryBackend:
 
     def unpublish(self, tag: str) -> None:
         """Delete image tag ``tag`` (its manifest; parts go with the registry's GC)."""
-        fetched = self._client.get_manifest(tag, accept=(_OCI_MANIFEST, _OCI_INDEX))
+        fetched = self._client.get_manifest(tag, accept=(OCI_MANIFEST, OCI_INDEX))
         self._client.delete_manifest(fetched.digest)
 
     def close(self) -> None:

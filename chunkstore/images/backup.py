@@ -37,12 +37,7 @@ from chunkstore import jsonsafe
 from chunkstore.backends import RemoteOptions
 from chunkstore.blob import BlobType
 from chunkstore.errors import UsageError
-from chunkstore.images.decompress import (
-    OCI_LAYER_TAR,
-    Compression,
-    layer_compression,
-    open_decompressed,
-)
+from chunkstore.images.decompress import Compression, layer_compression, open_decompressed
 from chunkstore.images.dirsource import DirTarStream, dir_image_metadata
 from chunkstore.images.docker_archive import DockerArchive
 from chunkstore.images.ingest import IngestedLayer, IngestedMember, ingest_layer
@@ -50,7 +45,6 @@ from chunkstore.images.layerview import layer_view
 from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import (
     MAX_MANIFEST_SIZE,
-    OCI_MANIFEST,
     Descriptor,
     ImageRef,
     OCILayout,
@@ -63,6 +57,7 @@ from chunkstore.images.registry_image import (
     open_client,
     parse_docker_reference,
 )
+from chunkstore.registry.mediatypes import OCI_LAYER_TAR, OCI_MANIFEST
 from chunkstore.repository import Repository
 from chunkstore.reproduce.probe import ProbeResult, ReproductionProbe, TeeReader
 from chunkstore.streams import ChunkStorer, store_with

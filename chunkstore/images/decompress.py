@@ -23,17 +23,22 @@ from isal import isal_zlib
 
 from chunkstore.errors import UsageError
 from chunkstore.readable import Readable
+from chunkstore.registry.mediatypes import (
+    DOCKER_FOREIGN_LAYER_GZIP,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_TAR,
+    OCI_LAYER_NONDISTRIBUTABLE_ZSTD,
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
+)
 
 __all__ = [
     "DEFAULT_MAX_RATIO",
     "DEFAULT_MAX_SIZE",
-    "DOCKER_FOREIGN_LAYER_GZIP",
-    "DOCKER_LAYER_GZIP",
-    "DOCKER_LAYER_TAR",
     "LAYER_MEDIA_TYPES",
-    "OCI_LAYER_GZIP",
-    "OCI_LAYER_TAR",
-    "OCI_LAYER_ZSTD",
     "Compression",
     "CorruptLayer",
     "DecompressionLimit",
@@ -45,21 +50,14 @@ __all__ = [
 
 Compression = Literal["none", "gzip", "zstd"]
 
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
 #: Every layer media type understood, with its compression.
 LAYER_MEDIA_TYPES: dict[str, Compression] = {
     OCI_LAYER_TAR: "none",
     OCI_LAYER_GZIP: "gzip",
     OCI_LAYER_ZSTD: "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    OCI_LAYER_NONDISTRIBUTABLE_TAR: "none",
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP: "gzip",
+    OCI_LAYER_NONDISTRIBUTABLE_ZSTD: "zstd",
     DOCKER_LAYER_TAR: "none",
     DOCKER_LAYER_GZIP: "gzip",
     DOCKER_FOREIGN_LAYER_GZIP: "gzip",

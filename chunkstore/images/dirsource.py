@@ -29,8 +29,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from chunkstore.errors import UsageError
-from chunkstore.images.decompress import OCI_LAYER_TAR
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, Platform
+from chunkstore.images.oci_layout import Platform
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST
 from index.ids import Digest, sha256
 
 __all__ = ["DirTarStream", "dir_image_metadata", "host_platform"]

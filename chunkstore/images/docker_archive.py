@@ -35,20 +35,24 @@ from chunkstore.errors import BackendError, MissingObject, UsageError
 from chunkstore.fsutil import atomic_file
 from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader
 from chunkstore.images.oci_layout import (
-    DOCKER_CONFIG,
-    DOCKER_MANIFEST,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_MANIFEST,
     REF_NAME,
     Descriptor,
     ImageRef,
     Platform,
     parse_descriptor,
+)
+from chunkstore.registry.mediatypes import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_TAR,
+    DOCKER_MANIFEST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_TAR,
+    OCI_MANIFEST,
 )
 from index.errors import Malformed
 from index.ids import Digest, parse_sha256, sha256
@@ -56,8 +60,6 @@ from index.ids import Digest, parse_sha256, sha256
 __all__ = ["DockerArchive", "write_docker_archive"]
 
 _MAX_MEMBERS = 1_000_000
-_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
-_OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 _NAMED = re.compile(r"\A(?:blobs/sha256/([0-9a-f]{64})|([0-9a-f]{64})\.(?:json|tar))\Z")
 _CHUNK = 1 << 20
 
@@ -247,7 +249,7 @@ class DockerArchive:
                 )
             info = self._member(name)
             self._layer_members[digest] = name
-            layers_list.append(Descriptor(_LAYER_TAR, digest, info.size))
+            layers_list.append(Descriptor(DOCKER_LAYER_TAR, digest, info.size))
         layers = tuple(layers_list)
         manifest = {
             "schemaVersion": 2,
@@ -409,7 +411,7 @@ def write_docker_archive(
                     written[diff_id] = _add_stream(
                         f, f"blobs/sha256/{diff_id.hex}", diff_id, chunks
                     )
-                descriptors.append(Descriptor(_OCI_LAYER_TAR, diff_id, written[diff_id]))
+                descriptors.append(Descriptor(OCI_LAYER_TAR, diff_id, written[diff_id]))
             manifest = {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,

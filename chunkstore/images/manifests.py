@@ -11,9 +11,10 @@ Every image source that stores OCI-style manifests (an OCI layout on disk, ``oci
 
 This module holds what does not depend on where the bytes come from:
 
-* the media types and size caps, and the model: :class:`Platform`, :class:`Descriptor` (parsed
-  strictly by :func:`parse_descriptor`, so a digest can never smuggle a path) and
-  :class:`ImageRef` (one image: exact manifest and config bytes, layer descriptors);
+* the size caps and the model (media types live in :mod:`chunkstore.registry.mediatypes`):
+  :class:`Platform`, :class:`Descriptor` (parsed strictly by :func:`parse_descriptor`, so a
+  digest can never smuggle a path) and :class:`ImageRef` (one image: exact manifest and config
+  bytes, layer descriptors);
 * :func:`resolve_images`, the walk: follow indexes (nested ones too, to :data:`MAX_DEPTH`),
   skip ``unknown/unknown`` attestation entries, keep only the platform asked for (or every
   platform), and turn each image manifest into an :class:`ImageRef` with
@@ -37,23 +38,19 @@ from typing import Any
 from chunkstore import jsonsafe
 from chunkstore.errors import UnsupportedFormat, UsageError
 from chunkstore.images.decompress import layer_compression
+from chunkstore.registry.mediatypes import (
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+)
 from index.errors import Malformed
 from index.ids import Digest, parse_sha256
 
 __all__ = [
-    "CONFIG_MEDIA_TYPES",
-    "DOCKER_CONFIG",
-    "DOCKER_MANIFEST",
-    "DOCKER_MANIFEST_LIST",
-    "INDEX_MEDIA_TYPES",
-    "MANIFEST_MEDIA_TYPES",
     "MAX_CONFIG_SIZE",
     "MAX_DEPTH",
     "MAX_MANIFESTS",
     "MAX_MANIFEST_SIZE",
-    "OCI_CONFIG",
-    "OCI_INDEX",
-    "OCI_MANIFEST",
     "ConfigReader",
     "Descriptor",
     "ImageRef",
@@ -67,15 +64,6 @@ __all__ = [
     "resolve_images",
 ]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MANIFEST_MEDIA_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIG_MEDIA_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
 #: The most bytes a manifest or index may hold (refused before it is read).
 MAX_MANIFEST_SIZE = 4 << 20

@@ -32,12 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from chunkstore.errors import (
-    BackendError,
-    MissingObject,
-    UnsupportedFormat,
-    UsageError,
-)
+from chunkstore.errors import BackendError, MissingObject, UnsupportedFormat, UsageError
 from chunkstore.fsutil import fsync_dir
 from chunkstore.images.blobs import (
     BlobDigestMismatch,
@@ -46,17 +41,8 @@ from chunkstore.images.blobs import (
     write_blob_atomically,
 )
 from chunkstore.images.manifests import (
-    CONFIG_MEDIA_TYPES,
-    DOCKER_CONFIG,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_MANIFEST,
     Descriptor,
     ImageRef,
     ManifestSource,
@@ -65,20 +51,18 @@ from chunkstore.images.manifests import (
     parse_descriptor,
     resolve_images,
 )
+from chunkstore.registry.mediatypes import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_INDEX,
+)
 from index.ids import Digest, sha256
 
 __all__ = [
-    "CONFIG_MEDIA_TYPES",
-    "DOCKER_CONFIG",
-    "DOCKER_MANIFEST",
-    "DOCKER_MANIFEST_LIST",
-    "INDEX_MEDIA_TYPES",
-    "MANIFEST_MEDIA_TYPES",
     "MAX_CONFIG_SIZE",
     "MAX_MANIFEST_SIZE",
-    "OCI_CONFIG",
-    "OCI_INDEX",
-    "OCI_MANIFEST",
     "REF_NAME",
     "Descriptor",
     "ImageRef",

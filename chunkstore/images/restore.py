@@ -39,12 +39,7 @@ from chunkstore.images.decompress import Compression
 from chunkstore.images.docker_archive import write_docker_archive
 from chunkstore.images.extract import extract_tree
 from chunkstore.images.locations import parse_source
-from chunkstore.images.oci_layout import (
-    OCI_INDEX,
-    Descriptor,
-    OCILayoutWriter,
-    Platform,
-)
+from chunkstore.images.oci_layout import Descriptor, OCILayoutWriter, Platform
 from chunkstore.images.rebuild import PieceStream, rebuild_layer
 from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL, recompress
 from chunkstore.images.registry_image import (
@@ -53,6 +48,7 @@ from chunkstore.images.registry_image import (
     open_client,
     parse_docker_reference,
 )
+from chunkstore.registry.mediatypes import OCI_INDEX
 from chunkstore.repository import Repository
 from chunkstore.reproduce.catalog import reproduce_blob
 from chunkstore.streams import iter_stream

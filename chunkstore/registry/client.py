@@ -43,6 +43,12 @@ from chunkstore.errors import (
 )
 from chunkstore.registry.auth import RegistryAuth
 from chunkstore.registry.http import ERROR_BODY_LIMIT, RegistryHTTP, Reply, clean, where, with_query
+from chunkstore.registry.mediatypes import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
 from chunkstore.registry.reference import Reference, validate_name, validate_tag
 from chunkstore.registry.uploads import Uploads
 from index.errors import Malformed
@@ -50,19 +56,11 @@ from index.ids import Digest, sha256
 
 __all__ = [
     "DEFAULT_ACCEPT",
-    "DOCKER_MANIFEST",
-    "DOCKER_MANIFEST_LIST",
     "MANIFEST_LIMIT",
-    "OCI_INDEX",
-    "OCI_MANIFEST",
     "FetchedManifest",
     "RegistryClient",
 ]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DEFAULT_ACCEPT = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
 #: Registries must accept manifests up to 4 MiB and may refuse more; we never read more.
 MANIFEST_LIMIT = 4 << 20

@@ -18,8 +18,9 @@ import pytest
 from chunkstore import api
 from chunkstore.errors import UsageError
 from chunkstore.images.backup import backup_image
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayout, OCILayoutWriter
 from chunkstore.images.restore import restore_image
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_MANIFEST
 from index.ids import Digest, sha256
 from tests.corpus import MINBASE, MINBASE_REBUILT, require_corpus
 from tests.helpers import new_repo
@@ -205,7 +206,7 @@ def test_damaged_layer_blob_records_nothing(tmp_path: Path) -> None:
 
 
 def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
-    from chunkstore.images.oci_layout import OCI_INDEX
+    from chunkstore.registry.mediatypes import OCI_INDEX
 
     writer = OCILayoutWriter(tmp_path / "src")
     entries = []

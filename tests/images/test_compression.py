@@ -15,10 +15,6 @@ import zstandard
 
 from chunkstore.errors import UsageError
 from chunkstore.images.decompress import (
-    DOCKER_LAYER_GZIP,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_TAR,
-    OCI_LAYER_ZSTD,
     CorruptLayer,
     DecompressionLimit,
     check_magic,
@@ -27,6 +23,12 @@ from chunkstore.images.decompress import (
     sniff_compression,
 )
 from chunkstore.images.recompress import recompress
+from chunkstore.registry.mediatypes import (
+    DOCKER_LAYER_GZIP,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
+)
 from index.ids import Digest, sha256
 
 

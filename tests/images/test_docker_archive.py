@@ -13,10 +13,10 @@ import pytest
 
 from chunkstore.errors import MissingObject, UsageError
 from chunkstore.images.blobs import BlobDigestMismatch
-from chunkstore.images.decompress import OCI_LAYER_GZIP
 from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayoutWriter
 from chunkstore.images.recompress import recompress
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from index.ids import Digest, sha256
 
 SKOPEO = shutil.which("skopeo")

@@ -23,12 +23,12 @@ from chunkstore.blob import BlobType
 from chunkstore.chunker import ChunkerParams
 from chunkstore.cli import main
 from chunkstore.images.backup import BackupResult, backup_image
-from chunkstore.images.decompress import OCI_LAYER_TAR
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayout, OCILayoutWriter
 from chunkstore.images.rebuild import recipe_members
 from chunkstore.images.restore import restore_image
 from chunkstore.images.tarstream import TarError
 from chunkstore.mount import run as run_module
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST
 from chunkstore.repository import Repository
 from index.ids import sha256
 from index.recipe import RecipeBuilder

@@ -16,15 +16,9 @@ import pytest
 
 from chunkstore.errors import IntegrityError, MissingObject, UnsupportedFormat, UsageError
 from chunkstore.images.blobs import BlobDigestMismatch, VerifiedReader, write_blob_atomically
-from chunkstore.images.decompress import OCI_LAYER_GZIP
-from chunkstore.images.oci_layout import (
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    OCILayout,
-    OCILayoutWriter,
-)
+from chunkstore.images.oci_layout import OCILayout, OCILayoutWriter
 from chunkstore.images.recompress import recompress
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from index.ids import Digest, sha256
 from tests.corpus import MINBASE, require_corpus
 

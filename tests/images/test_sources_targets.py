@@ -23,8 +23,9 @@ from chunkstore.images.backup import backup_image
 from chunkstore.images.dirsource import DirTarStream
 from chunkstore.images.docker_archive import DockerArchive, write_docker_archive
 from chunkstore.images.locations import parse_source
-from chunkstore.images.oci_layout import OCI_CONFIG, OCI_MANIFEST, OCILayout, OCILayoutWriter
+from chunkstore.images.oci_layout import OCILayout, OCILayoutWriter
 from chunkstore.images.restore import restore_image
+from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_MANIFEST
 from chunkstore.repository import Repository
 from index.ids import sha256
 from index.image import ImageBody, ImageEntry

@@ -15,7 +15,7 @@ import pytest
 
 from chunkstore.errors import AuthError, RegistryObjectMissing
 from chunkstore.registry import Credentials, RegistryAuth, RegistryClient
-from chunkstore.registry.client import OCI_MANIFEST
+from chunkstore.registry.mediatypes import OCI_MANIFEST
 from index.ids import sha256
 from tests.integration.registry_fixture import RunningRegistry
 

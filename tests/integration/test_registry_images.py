@@ -21,15 +21,11 @@ from chunkstore.backends import RemoteOptions
 from chunkstore.cli import main
 from chunkstore.errors import AuthError, DigestMismatch, RegistryObjectMissing, UsageError
 from chunkstore.images.backup import backup_image
-from chunkstore.images.oci_layout import (
-    DOCKER_CONFIG,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    OCILayout,
-)
+from chunkstore.images.oci_layout import OCILayout
 from chunkstore.images.registry_image import RegistryTarget
 from chunkstore.images.restore import restore_image
 from chunkstore.registry.client import RegistryClient
+from chunkstore.registry.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST
 from index.ids import Digest, sha256
 from index.image import ImageBody
 from tests.images.test_backup_restore import layer_tar, new_repo, write_image, zlib_gzip

@@ -30,7 +30,7 @@ from chunkstore.errors import (
     Transient,
 )
 from chunkstore.registry import Credentials, RegistryAuth, RegistryClient
-from chunkstore.registry.client import OCI_MANIFEST
+from chunkstore.registry.mediatypes import OCI_MANIFEST
 from index.ids import Digest, sha256
 
 Hook = Callable[[httpx.Request], httpx.Response | None]

@@ -35,7 +35,8 @@ from chunkstore.errors import (
     SizeMismatch,
 )
 from chunkstore.registry.auth import Credentials, RegistryAuth
-from chunkstore.registry.client import OCI_MANIFEST, RegistryClient
+from chunkstore.registry.client import RegistryClient
+from chunkstore.registry.mediatypes import OCI_MANIFEST
 from chunkstore.repository import Repository
 from chunkstore.testing.http_faults import (
     Drip,
