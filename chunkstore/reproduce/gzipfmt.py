@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
+
+from isal import isal_zlib
 
 __all__ = ["GzipHeader", "gzip_trailer", "parse_gzip_header"]
 
@@ -89,5 +90,5 @@ def gzip_trailer(crc: int, size: int) -> bytes:
 
 
 def crc32(data: bytes | memoryview, crc: int = 0) -> int:
-    """CRC-32 as gzip uses it (zlib's, which releases the GIL on large inputs)."""
-    return zlib.crc32(data, crc)
+    """CRC-32 as gzip uses it (ISA-L's, several times faster than zlib's; both release the GIL)."""
+    return isal_zlib.crc32(data, crc)

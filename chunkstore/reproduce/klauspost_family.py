@@ -126,7 +126,11 @@ class KlauspostFamily:
             # final at once, so a wrong candidate drops out early and holds no block buffer.
             return self._open(params, threads=1)
 
-        return Candidate(self.name, params, opener)
+        def fast() -> Encoder:
+            return self._open(params, threads=0)
+
+        threaded = params["block_size"] != 0
+        return Candidate(self.name, params, opener, fast if threaded else None)
 
     def open(self, params: Mapping[str, ParamValue]) -> Encoder:
         """An encoder for ``{"level": -2..9, "block_size": 0 | 16385.., "version": "1.15.12"}``.

@@ -50,6 +50,9 @@ class Candidate:
     family: str
     params: Mapping[str, ParamValue]
     open: Callable[[], Encoder] = field(compare=False, repr=False)
+    #: An encoder with the same output that may use more threads and buffer more (pgzip blocks
+    #: compressed at once): the search opens it for the lone survivor and feeds it from the start.
+    open_fast: Callable[[], Encoder] | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:

@@ -33,6 +33,8 @@ from index.image import Reproduce
 __all__ = ["ProbeResult", "ReproductionProbe", "TeeReader"]
 
 _END = b""  # the end marker in the queue (empty data is never queued otherwise)
+_CONVERGE_STEP = 32 << 10  # plain bytes fed at a time while several candidates live
+_PREFIX_LIMIT = 16 << 20  # plain bytes kept for a survivor's faster encoder to restart on
 
 
 class TeeReader:
@@ -172,6 +174,9 @@ class ReproductionProbe:
         live: list[_Live] | None = None
         tried = 0
         header = b""  # the gzip member header kept in the record (empty for zstd)
+        # The plain bytes so far, kept while several candidates live (at most _PREFIX_LIMIT), so
+        # that a lone survivor with a faster encoder can restart on it; None once past that.
+        prefix: bytearray | None = bytearray()
 
         def start() -> list[_Live]:
             nonlocal tried, header
@@ -200,6 +205,15 @@ class ReproductionProbe:
                 item.pos += n
             return True
 
+        def go_fast(item: _Live, plain: bytearray) -> _Live:
+            """The survivor's faster encoder, restarted on ``plain`` (the whole input so far)."""
+            assert item.candidate.open_fast is not None and base == 0
+            fast = _Live(
+                item.candidate,
+                catalog.BlobEncoder(self._compression, item.candidate.open_fast(), header),
+            )
+            return fast if check(fast, fast.encoder.compress(memoryview(plain))) else item
+
         while True:
             is_original, data = self._queue.get()
             if not data or self._stop.is_set():  # the end marker, or stopped
@@ -215,13 +229,30 @@ class ReproductionProbe:
             else:
                 if live is None:
                     live = start()
-                live = [item for item in live if check(item, item.encoder.compress(data))]
-            if live:
+                if prefix is not None:
+                    prefix += data
+                    if len(prefix) > _PREFIX_LIMIT:
+                        prefix = None
+                # While several candidates live, feed them small pieces: most wrong ones differ
+                # within their first block, and stop costing anything there.
+                view = memoryview(data)
+                at = 0
+                while at < len(data) and live:
+                    step = _CONVERGE_STEP if len(live) > 1 else len(data) - at
+                    piece = view[at : at + step]
+                    at += len(piece)
+                    live = [item for item in live if check(item, item.encoder.compress(piece))]
+                    if len(live) == 1 and prefix is not None:
+                        if live[0].candidate.open_fast is not None:
+                            done = len(prefix) - (len(data) - at)  # plain bytes fed so far
+                            live = [go_fast(live[0], prefix[:done])]
+                        prefix = None
+            if live and prefix is None:
                 low = min(item.pos for item in live)
                 if low - base > 1 << 20:
                     del original[: low - base]
                     base = low
-            elif live is not None:
+            elif live is not None and not live:
                 self._dead = True
                 original.clear()
         if self._stop.is_set():

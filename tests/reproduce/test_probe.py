@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from chunkstore.reproduce import catalog
 from chunkstore.reproduce.gzipfmt import parse_gzip_header
+from chunkstore.reproduce.model import Candidate, Encoder
 from chunkstore.reproduce.probe import ProbeResult, ReproductionProbe
 
 
@@ -165,3 +166,83 @@ def test_a_record_naming_an_unknown_family_is_refused_not_guessed() -> None:
                 "klauspost-pgzip", {"level": 6, "block_size": 1 << 20, "version": "9.9"}, header
             ),
         )
+
+
+class _Counting:
+    """An encoder wrapper that counts the plain bytes it was given."""
+
+    def __init__(self, inner: Encoder, fed: list[int]) -> None:
+        self._inner = inner
+        self._fed = fed
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        self._fed[0] += len(data)
+        return self._inner.compress(data)
+
+    def finish(self) -> bytes:
+        return self._inner.finish()
+
+
+def _zlib_candidate(level: int, fed: list[int], **fast: object) -> Candidate:
+    fam = catalog.family("gzip", "zlib")
+    params = {"level": level, "mem_level": 8, "strategy": "default", "wbits": 15}
+    return Candidate("zlib", params, lambda: _Counting(fam.open(params), fed), **fast)  # type: ignore[arg-type]
+
+
+def _gzip(plain: bytes, level: int) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=level) as g:
+        g.write(plain)
+    return buf.getvalue()
+
+
+def test_wrong_candidates_stop_costing_within_their_first_block() -> None:
+    # Fed in 4 MiB pieces, a wrong candidate still sees only a few small steps of the layer.
+    plain = _payload(6 << 20, 3)
+    blob = _gzip(plain, 6)
+    wrong, right = [0], [0]
+    cands = [_zlib_candidate(1, wrong), _zlib_candidate(6, right)]
+    d = zlib.decompressobj(31)
+    with ReproductionProbe("gzip", candidates=cands) as probe:
+        for i in range(0, len(blob), 4 << 20):
+            probe.original(blob[i : i + (4 << 20)])
+            probe.plain(d.decompress(blob[i : i + (4 << 20)]))
+        result = probe.result()
+    assert result.reproduce is not None and result.reproduce.params["level"] == 6
+    assert right[0] == len(plain)
+    assert 0 < wrong[0] <= 256 << 10
+
+
+@pytest.mark.parametrize("fast_is_right", [True, False])
+def test_a_lone_survivor_restarts_on_its_fast_encoder(fast_is_right: bool) -> None:
+    plain = _payload(3 << 20, 4)
+    blob = _gzip(plain, 6)
+    slow, fast, wrong = [0], [0], [0]
+    fast_cand = _zlib_candidate(6 if fast_is_right else 5, fast)
+    cands = [_zlib_candidate(1, wrong), _zlib_candidate(6, slow, open_fast=fast_cand.open)]
+    result = _feed(blob, cands)
+    assert result.reproduce is not None and result.reproduce.params["level"] == 6
+    if fast_is_right:
+        # The survivor ran its slow encoder only until the wrong one dropped out.
+        assert fast[0] == len(plain)
+        assert slow[0] < len(plain) // 2
+    else:
+        # A fast encoder that disagrees is dropped at once and the slow one goes on.
+        assert slow[0] == len(plain)
+        assert fast[0] < len(plain)
+
+
+def _feed(blob: bytes, cands: list[Candidate], piece: int = 1 << 20) -> ProbeResult:
+    d = zlib.decompressobj(31)
+    with ReproductionProbe("gzip", candidates=cands) as probe:
+        for i in range(0, len(blob), piece):
+            probe.original(blob[i : i + piece])
+            probe.plain(d.decompress(blob[i : i + piece]))
+        return probe.result()
+
+
+def test_klauspost_pgzip_candidates_offer_a_threaded_encoder() -> None:
+    header = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF])
+    cands = catalog.candidates("gzip", header)
+    pgzip = [c for c in cands if c.family == "klauspost-pgzip"]
+    assert pgzip and all((c.open_fast is not None) == (c.params["block_size"] != 0) for c in pgzip)
