@@ -15,9 +15,9 @@ when the layer comes from the corpus) and measures, in one run:
 * ``restic restore`` of the same root file system (the layer unpacked, backed up by restic) against
   ``chunkstore restore ... oci:`` of the Go-made image (the issue's "no slower than restic").
 
-Usage::
+Usage (from the checkout: the producers are the test kit's, ``tests/producers.py``)::
 
-    .venv/bin/python tools/bench_exact.py [--corpus DIR] [--ref bookworm-minbase] [--runs 3]
+    PYTHONPATH=. .venv/bin/python tools/bench_exact.py [--corpus DIR] [--ref bookworm-minbase] [--runs 3]
                                           [--out DIR] [--json] [--only NAME ...]
 
 Times are wall seconds of whole CLI processes (warm page cache). Units: MB = 10**6 bytes.
@@ -33,37 +33,28 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchlib.common import MB, ROOT, log
+from benchlib.corpus import DEFAULT_CORPUS, has_corpus, read_corpus
+from benchlib.measure import run_checked, run_measured
 
-from tests.producers import (  # noqa: E402
-    gnu_gzip,
-    go_gzip,
-    oci_image,
-    pigz,
-    realistic_tar,
-    zlib_gzip,
-)
+from chunkstore.images.oci_layout import OCILayout
 
-MB = 10**6
+try:
+    from tests.producers import gnu_gzip, go_gzip, oci_image, pigz, realistic_tar, zlib_gzip
+except ModuleNotFoundError:
+    sys.exit("bench_exact: run it from the checkout with PYTHONPATH=. (it uses tests/producers.py)")
+
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-DEFAULT_CORPUS = Path(os.environ.get("CORPUS_DIR", "/var/tmp/chunkstore-corpus"))
 CHUNKSTORE = str(ROOT / ".venv" / "bin" / "chunkstore")
-
-
-def log(msg: str) -> None:
-    print(f"bench_exact: {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -71,23 +62,14 @@ def log(msg: str) -> None:
 
 def corpus_layer(corpus: Path, ref: str) -> tuple[bytes, bytes, str] | None:
     """(tar, compressed blob, media type) of the first layer of ``ref`` in the corpus, if any."""
-    layout = corpus / "oci"
-    if not (layout / "index.json").exists():
+    if not has_corpus(corpus):
         return None
-    index = json.loads((layout / "index.json").read_text())
-    for entry in index.get("manifests", []):
-        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") != ref:
-            continue
-        manifest = json.loads(_blob(layout, entry["digest"]).read_bytes())
-        layer = manifest["layers"][0]
-        blob = _blob(layout, layer["digest"]).read_bytes()
-        return gzip.decompress(blob), blob, layer["mediaType"]
-    return None
-
-
-def _blob(layout: Path, digest: str) -> Path:
-    algo, _, hexpart = digest.partition(":")
-    return layout / "blobs" / algo / hexpart
+    image = read_corpus(corpus / "oci").get(ref)
+    if image is None:
+        return None
+    layer = image.layers[0]
+    blob = layer.path.read_bytes()
+    return gzip.decompress(blob), blob, layer.media_type
 
 
 def write_image(root: Path, ref: str, tar: bytes, blob: bytes, media_type: str) -> str:
@@ -101,13 +83,9 @@ def skopeo_blob(work: Path, tar: bytes, compress: list[str]) -> tuple[bytes, str
     shutil.rmtree(out, ignore_errors=True)
     if not (plain / "index.json").exists():
         write_image(plain, "v1", tar, tar, LAYER_TAR)
-    subprocess.run(
-        ["skopeo", "copy", "-q", *compress, f"oci:{plain}:v1", f"oci:{out}:v1"], check=True
-    )
-    index = json.loads((out / "index.json").read_text())
-    manifest = json.loads(_blob(out, index["manifests"][0]["digest"]).read_bytes())
-    layer = manifest["layers"][0]
-    return _blob(out, layer["digest"]).read_bytes(), layer["mediaType"]
+    run_checked(["skopeo", "copy", "-q", *compress, f"oci:{plain}:v1", f"oci:{out}:v1"])
+    layer = read_corpus(out)["v1"].layers[0]
+    return layer.path.read_bytes(), layer.media_type
 
 
 def producers(
@@ -137,12 +115,11 @@ def producers(
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"bench_exact: {' '.join(cmd)} failed:\n{done.stderr}")
-    return seconds, done.stdout
+    """Wall seconds and stdout of ``cmd``; exits with its stderr when it fails."""
+    m = run_measured(cmd, env)
+    if m.returncode != 0:
+        raise SystemExit(f"bench_exact: {' '.join(cmd)} failed:\n{m.stderr}")
+    return m.seconds, m.stdout
 
 
 def fresh_repo(path: Path, env: dict[str, str]) -> list[str]:
@@ -158,7 +135,9 @@ def du(path: Path) -> int:
 def measure_producer(
     name: str, src: Path, digest: str, work: Path, runs: int, env: dict[str, str]
 ) -> dict[str, Any]:
-    ratios, detect_s, plain_s = [], [], []
+    ratios: list[float] = []
+    detect_s: list[float] = []
+    plain_s: list[float] = []
     outcome: dict[str, Any] = {}
     for i in range(runs):
         for mode in ("detect", "no-detect"):
@@ -175,8 +154,7 @@ def measure_producer(
     dest = work / "restored"
     shutil.rmtree(dest, ignore_errors=True)
     restore_s, _ = run([*repo, "restore", "img", f"oci:{dest}:v1"], env)
-    index = json.loads((dest / "index.json").read_text())
-    back = index["manifests"][0]["digest"]
+    back = str(OCILayout(dest).entries[0].digest)
     return {
         "producer": name,
         "outcome": outcome.get("outcome"),

@@ -64,34 +64,46 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_store import (
-    ROOT,
+from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log, restic_summary
+from benchlib.corpus import (
+    DEFAULT_CORPUS,
+    REBUILT_PAIRS,
+    CorpusImage,
+    has_corpus,
+    order_refs,
+    read_corpus,
+    uncompressed_size,
+)
+from benchlib.measure import (
     Measured,
     PageCache,
-    _version,
-    base_env,
-    chunkstore_binary,
+    Quiet,
     disk_usage,
-    git_revision,
-    library_versions,
-    machine_info,
-    report,
-    restic_summary,
     run_checked,
     run_measured,
-    wait_for_quiet,
+    tree_size,
+)
+from benchlib.report import (
+    Column,
+    Table,
+    git_revision,
+    libraries_line,
+    library_versions,
+    machine_info,
+    machine_line,
+    report,
+    target_lines,
+    tool_version,
 )
 
-MB = 10**6
-DEFAULT_CORPUS = Path(os.environ.get("CORPUS_DIR", "/var/tmp/chunkstore-corpus"))
+from chunkstore.errors import ChunkstoreError
+from chunkstore.images.oci_layout import OCILayout
+
 PASSWORD = "bench-images-password"
 
 # Targets of the issue.
@@ -99,33 +111,11 @@ TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_REBUILT_FRACTION = 0.03
 TARGET_RSS_BYTES = 250 * MB
 
-# Default order: the rebuilt image right after the image it rebuilds.
-PREFERRED_ORDER = [
-    "bookworm-minbase",
-    "bookworm-minbase-rebuilt",
-    "bookworm-python3",
-    "bookworm-python3-rebuilt",
-    "bookworm-python3-point",
-    "bookworm-python3-layered",
-    "bookworm-nginx-layered",
-    "trixie-minbase",
-]
-# The issue's figure: the rebuilt minbase after the original (older corpora: python3's rebuild).
-REBUILT_PAIRS = [
-    ("bookworm-minbase-rebuilt", "bookworm-minbase"),
-    ("bookworm-python3-rebuilt", "bookworm-python3"),
-]
 # Images whose root filesystem is another corpus tarball's tree.
 ROOTFS_OF = {
     "bookworm-python3-layered": "bookworm-python3",
     "bookworm-nginx-layered": "bookworm-nginx",
 }
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
-
-
-def log(msg: str) -> None:
-    print(f"bench_images: {msg}", file=sys.stderr, flush=True)
-
 
 # ----------------------------------------------------------------------------- corpus
 
@@ -148,103 +138,45 @@ class Image:
         return sum(la["tar_bytes"] for la in self.layers)
 
 
-def _blob(layout: Path, digest: str) -> Path:
-    algo, _, hexd = digest.partition(":")
-    return layout / "blobs" / algo / hexd
-
-
-def read_layout(layout: Path) -> dict[str, dict[str, Any]]:
-    """ref -> manifest of the single-platform images in an OCI layout."""
-    index = json.loads((layout / "index.json").read_text())
-    out = {}
-    for desc in index.get("manifests", []):
-        ref = desc.get("annotations", {}).get(REF_ANNOTATION)
-        if ref:
-            out[ref] = json.loads(_blob(layout, desc["digest"]).read_text())
-    return out
-
-
-def uncompressed_size(path: Path, media_type: str) -> int:
-    """Bytes of the layer tar inside a (gzip, zstd or plain) layer blob."""
-    total = 0
-    with open(path, "rb") as f:
-        if media_type.endswith("+zstd"):
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-            while chunk := reader.read(1 << 20):
-                total += len(chunk)
-            return total
-        if not media_type.endswith("+gzip"):
-            return os.fstat(f.fileno()).st_size
-        d = zlib.decompressobj(wbits=31)
-        while chunk := f.read(1 << 20):
-            while chunk:
-                total += len(d.decompress(chunk))
-                if d.eof:  # concatenated gzip members
-                    chunk = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
-                else:
-                    chunk = b""
-        total += len(d.flush())
-    return total
+def select_refs(images: dict[str, CorpusImage], wanted: list[str] | None) -> list[str]:
+    """The refs ``wanted`` names (exactly, or by a unique suffix), else all in default order."""
+    if not wanted:
+        return order_refs(list(images))
+    refs: list[str] = []
+    for name in wanted:
+        matches = [r for r in images if r == name] or [
+            r for r in images if r.endswith("-" + name) or r == f"bookworm-{name}"
+        ]
+        if len(matches) != 1:
+            raise SystemExit(
+                f"bench_images: --images {name!r} matches {matches or 'nothing'} "
+                f"(refs in the corpus: {', '.join(sorted(images))})"
+            )
+        if matches[0] not in refs:
+            refs.append(matches[0])
+    return refs
 
 
 def load_images(corpus: Path, wanted: list[str] | None) -> list[Image]:
-    layout = corpus / "oci"
-    manifests = read_layout(layout)
-    if wanted:
-        refs = []
-        for name in wanted:
-            matches = [r for r in manifests if r == name] or [
-                r for r in manifests if r.endswith("-" + name) or r == f"bookworm-{name}"
-            ]
-            if len(matches) != 1:
-                raise SystemExit(
-                    f"bench_images: --images {name!r} matches {matches or 'nothing'} "
-                    f"(refs in the corpus: {', '.join(sorted(manifests))})"
-                )
-            if matches[0] not in refs:
-                refs.append(matches[0])
-    else:
-        refs = [r for r in PREFERRED_ORDER if r in manifests]
-        refs += sorted(r for r in manifests if r not in refs)
+    found = read_corpus(corpus / "oci")
     sizes: dict[str, int] = {}
     images = []
-    for ref in refs:
+    for ref in select_refs(found, wanted):
         layers = []
-        for la in manifests[ref].get("layers", []):
-            digest = la["digest"]
-            if digest not in sizes:
-                sizes[digest] = uncompressed_size(_blob(layout, digest), la["mediaType"])
+        for la in found[ref].layers:
+            if la.digest not in sizes:
+                sizes[la.digest] = uncompressed_size(la.path, la.media_type)
             layers.append(
                 {
-                    "digest": digest,
-                    "size": la["size"],
-                    "media_type": la["mediaType"],
-                    "tar_bytes": sizes[digest],
+                    "digest": la.digest,
+                    "size": la.size,
+                    "media_type": la.media_type,
+                    "tar_bytes": sizes[la.digest],
+                    "path": str(la.path),
                 }
             )
         images.append(Image(ref=ref, layers=layers))
     return images
-
-
-def tree_size(path: Path) -> tuple[int, int]:
-    """(regular files, their bytes) under ``path``; hard links counted once."""
-    seen: set[tuple[int, int]] = set()
-    files = total = 0
-    for dirpath, _dirs, names in os.walk(path):
-        for name in names:
-            st = os.lstat(os.path.join(dirpath, name))
-            if not (st.st_mode & 0o170000 == 0o100000):
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            files += 1
-            total += st.st_size
-    return files, total
 
 
 def unpack_rootfs(corpus: Path, image: Image, dest: Path) -> None:
@@ -266,45 +198,6 @@ def unpack_rootfs(corpus: Path, image: Image, dest: Path) -> None:
         image.rootfs_source = "umoci unpack"
         image.rootfs_dir = str(bundle / "rootfs")
     image.rootfs_files, image.rootfs_bytes = tree_size(Path(image.rootfs_dir))
-
-
-# ----------------------------------------------------------------------------- page cache
-
-
-class Cache:
-    """Cold page cache before every timed run if we may drop it, else warm inputs.
-
-    ``prepare`` takes directories (every file below is read) or files.
-    """
-
-    def __init__(self, force_warm: bool) -> None:
-        self.mode = "warm" if force_warm else ("cold" if PageCache._drop() else "warm")
-        self.reason = (
-            "--warm given"
-            if force_warm
-            else "page cache dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
-            if self.mode == "cold"
-            else "cannot drop the page cache (not root?): inputs are read once before every run"
-        )
-
-    def prepare(self, inputs: list[Path]) -> None:
-        if self.mode == "cold":
-            if not PageCache._drop():
-                raise RuntimeError("dropping the page cache stopped working")
-            return
-        os.sync()
-        buf = bytearray(1 << 20)
-        for top in inputs:
-            files = (
-                [str(top)]
-                if top.is_file()
-                else [os.path.join(d, n) for d, _dirs, names in os.walk(top) for n in names]
-            )
-            for p in files:
-                if os.path.isfile(p) and not os.path.islink(p):
-                    with open(p, "rb", buffering=0) as f:
-                        while f.readinto(buf):
-                            pass
 
 
 # ----------------------------------------------------------------------------- tools
@@ -415,7 +308,7 @@ class ChunkstoreTool(Tool):
         self.base = [binary, "--json", "-r", str(self.repo)]
 
     def version(self) -> str:
-        return _version([self.bin, "--version"])
+        return tool_version([self.bin, "--version"])
 
     def init(self) -> None:
         run_checked([*self.base, "init"], self.env)
@@ -424,7 +317,7 @@ class ChunkstoreTool(Tool):
         return [*self.base, "backup", f"oci:{self.layout}:{image.ref}", "-t", image.ref]
 
     def backup_inputs(self, image: Image, corpus: Path) -> list[Path]:
-        return [_blob(self.layout, la["digest"]) for la in image.layers]
+        return [Path(la["path"]) for la in image.layers]
 
     def image_bytes(self, image: Image) -> int:
         return image.tar_bytes
@@ -453,8 +346,8 @@ class ChunkstoreTool(Tool):
 
     def check_extra_restore(self, phase: str, image: Image, target: Path) -> str | None:
         try:
-            refs = read_layout(target)
-        except (OSError, ValueError) as exc:
+            refs = OCILayout(target).refs()
+        except (OSError, ValueError, ChunkstoreError) as exc:
             return f"restored layout unreadable: {exc}"
         if image.ref not in refs:
             return f"restored layout has refs {sorted(refs)}, not {image.ref}"
@@ -480,7 +373,7 @@ class ResticTool(Tool):
         self.base = [binary, "-r", str(self.repo), "--cache-dir", str(self.cache)]
 
     def version(self) -> str:
-        return _version([self.bin, "version"])
+        return tool_version([self.bin, "version"])
 
     def init(self) -> None:
         run_checked([*self.base, "init", "--repository-version", "2"], self.env)
@@ -519,7 +412,7 @@ class BorgTool(Tool):
         )
 
     def version(self) -> str:
-        return _version([self.bin, "--version"])
+        return tool_version([self.bin, "--version"])
 
     def init(self) -> None:
         run_checked([self.bin, "init", "--encryption", "none", str(self.repo)], self.env)
@@ -541,7 +434,7 @@ class BorgTool(Tool):
 
 
 def measure_tool(
-    tool: Tool, images: list[Image], corpus: Path, cache: Cache, quiet: list[float]
+    tool: Tool, images: list[Image], corpus: Path, cache: PageCache, quiet: Quiet
 ) -> ToolResult:
     res = ToolResult(tool.key, tool.label, tool.version(), tool.units)
     tool.init()
@@ -549,7 +442,7 @@ def measure_tool(
     before = disk_usage(tool.repo)
     for image in images:
         cache.prepare(tool.backup_inputs(image, corpus))
-        wait_for_quiet(quiet)
+        quiet.wait()
         log(f"{tool.key}: backup {image.ref}")
         m = run_measured(tool.backup_cmd(image), tool.env)
         if m.returncode != 0:
@@ -565,7 +458,7 @@ def measure_tool(
             res.runs[-1].details["stderr"] = m.stderr.strip()[-1000:]
         before = after
     backed_up = {r.image for r in res.phase("backup")}
-    phases = [
+    phases: list[tuple[str, RestoreCmd, Callable[[Image], int], RestoreCheck]] = [
         ("restore", tool.restore_cmd, tool.restore_bytes, tool.check_restore),
         *[
             (
@@ -584,6 +477,10 @@ def measure_tool(
     return res
 
 
+RestoreCmd = Callable[[Image, Path], list[str]]
+RestoreCheck = Callable[[Image, Path], str | None]
+
+
 def _restore_one(
     tool: Tool,
     res: ToolResult,
@@ -592,13 +489,13 @@ def _restore_one(
     cmd: Callable[[Image, Path], list[str]],
     nbytes: Callable[[Image], int],
     check: Callable[[Image, Path], str | None],
-    cache: Cache,
-    quiet: list[float],
+    cache: PageCache,
+    quiet: Quiet,
 ) -> None:
     target = tool.dir / f"{phase}-{image.ref}"
     target.mkdir()
     cache.prepare([tool.repo])
-    wait_for_quiet(quiet)
+    quiet.wait()
     log(f"{tool.key}: {phase} {image.ref}")
     m = run_measured(cmd(image, target), tool.env)
     if m.returncode != 0:
@@ -635,7 +532,7 @@ def _run(image: Image, phase: str, nbytes: int, m: Measured, details: dict[str, 
 
 def summarize(tools: list[ToolResult]) -> list[dict[str, Any]]:
     """One row per tool and phase, with ratios to restic."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in tools:
         for phase in PHASES:
             runs = t.phase(phase)
@@ -644,21 +541,20 @@ def summarize(tools: list[ToolResult]) -> list[dict[str, Any]]:
             seconds = sum(r.seconds for r in runs)
             nbytes = sum(r.bytes for r in runs)
             backups = t.phase("backup")
-            rows.append(
-                {
-                    "key": t.key,
-                    "label": t.label,
-                    "phase": phase,
-                    "images": len(runs),
-                    "seconds": seconds,
-                    "bytes": nbytes,
-                    "mb_s": nbytes / MB / seconds,
-                    "cpu_s": sum(r.cpu_s for r in runs),
-                    "rss_mb": max(r.rss_kib for r in runs) * 1024 / MB,
-                    "repo_bytes": backups[-1].repo_bytes if backups else 0,
-                    "other_cpu_s": sum(r.other_cpu_s for r in runs),
-                }
-            )
+            row: dict[str, Any] = {
+                "key": t.key,
+                "label": t.label,
+                "phase": phase,
+                "images": len(runs),
+                "seconds": seconds,
+                "bytes": nbytes,
+                "mb_s": nbytes / MB / seconds,
+                "cpu_s": sum(r.cpu_s for r in runs),
+                "rss_mb": max(r.rss_kib for r in runs) * 1024 / MB,
+                "repo_bytes": backups[-1].repo_bytes if backups else 0,
+                "other_cpu_s": sum(r.other_cpu_s for r in runs),
+            }
+            rows.append(row)
     base = {r["phase"]: r for r in rows if r["key"] == "restic"}
     for r in rows:
         b = base.get(PHASES[r["phase"]])
@@ -767,10 +663,9 @@ def _x(v: float | None) -> str:
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
-        f"bench_images: {len(result['images'])} images from {result['corpus']}; {m['cpus']} CPUs "
-        f"({m['cpu']}), {m['memory_gib']} GiB RAM, kernel {m['kernel']}, Python {m['python']}",
-        f"chunkstore {result['git']}; "
-        + ", ".join(f"{k} {v}" for k, v in result["libraries"].items() if k != "chunkstore"),
+        f"bench_images: {len(result['images'])} images from {result['corpus']}; "
+        f"{machine_line(m)}, Python {m['python']}",
+        libraries_line(result["git"], result["libraries"]),
     ]
     for t in result["tools"]:
         lines.append(f"  {t['key']}: {t['version']} ({t['label']}; throughput in {t['units']})")
@@ -778,32 +673,58 @@ def render(result: dict[str, Any]) -> str:
     if result["waited_s"] >= 1:
         lines.append(f"waited {result['waited_s']:.0f} s in all for other processes to go quiet")
     lines.append("")
-    head = f"{'image':<26} {'layers':>6} {'gz MB':>8} {'tar MB':>8} {'rootfs MB':>9} {'files':>6}"
-    lines.append(head)
-    lines.append("-" * len(head))
-    for i in result["images"]:
-        lines.append(
-            f"{i['ref']:<26} {len(i['layers']):>6} {sum(la['size'] for la in i['layers']) / MB:>8.1f} "
-            f"{sum(la['tar_bytes'] for la in i['layers']) / MB:>8.1f} {i['rootfs_bytes'] / MB:>9.1f} "
-            f"{i['rootfs_files']:>6}"
-        )
-    lines.append("")
-    head = (
-        f"{'tool':<36} {'phase':<11} {'seconds':>8} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7} "
-        f"{'repo MB':>8} {'MB/s vs':>8} {'repo vs':>8} {'RSS vs':>7} {'other CPU':>9}"
+    images = Table(
+        [
+            Column("image", 26),
+            Column("layers", 6, ">"),
+            Column("gz MB", 8, ">"),
+            Column("tar MB", 8, ">"),
+            Column("rootfs MB", 9, ">"),
+            Column("files", 6, ">"),
+        ]
     )
-    lines.append(head)
-    lines.append(f"{'':<36} {'':<11} {'':>8} {'':>7} {'':>7} {'':>7} {'':>8} "
-                 f"{'restic':>8} {'restic':>8} {'restic':>7} {'s':>9}")  # fmt: skip
-    lines.append("-" * len(head))
-    for r in result["rows"]:
-        repo = f"{r['repo_bytes'] / MB:.1f}" if r["phase"] == "backup" else "-"
-        repo_vs = _x(r["repo_vs_restic"]) if r["phase"] == "backup" else "-"
-        lines.append(
-            f"{r['label']:<36} {r['phase']:<11} {r['seconds']:>8.2f} {r['mb_s']:>7.1f} "
-            f"{r['cpu_s']:>7.1f} {r['rss_mb']:>7.1f} {repo:>8} {_x(r['throughput_vs_restic']):>8} "
-            f"{repo_vs:>8} {_x(r['rss_vs_restic']):>7} {r['other_cpu_s']:>9.1f}"
+    for i in result["images"]:
+        images.row(
+            i["ref"],
+            str(len(i["layers"])),
+            f"{sum(la['size'] for la in i['layers']) / MB:.1f}",
+            f"{sum(la['tar_bytes'] for la in i['layers']) / MB:.1f}",
+            f"{i['rootfs_bytes'] / MB:.1f}",
+            str(i["rootfs_files"]),
         )
+    lines += images.text()
+    lines.append("")
+    phases = Table(
+        [
+            Column("tool", 36),
+            Column("phase", 11),
+            Column("seconds", 8, ">"),
+            Column("MB/s", 7, ">"),
+            Column("CPU s", 7, ">"),
+            Column("RSS MB", 7, ">"),
+            Column("repo MB", 8, ">"),
+            Column(("MB/s vs", "restic"), 8, ">"),
+            Column(("repo vs", "restic"), 8, ">"),
+            Column(("RSS vs", "restic"), 7, ">"),
+            Column(("other CPU", "s"), 9, ">"),
+        ]
+    )
+    for r in result["rows"]:
+        backup = r["phase"] == "backup"
+        phases.row(
+            r["label"],
+            r["phase"],
+            f"{r['seconds']:.2f}",
+            f"{r['mb_s']:.1f}",
+            f"{r['cpu_s']:.1f}",
+            f"{r['rss_mb']:.1f}",
+            f"{r['repo_bytes'] / MB:.1f}" if backup else "-",
+            _x(r["throughput_vs_restic"]),
+            _x(r["repo_vs_restic"]) if backup else "-",
+            _x(r["rss_vs_restic"]),
+            f"{r['other_cpu_s']:.1f}",
+        )
+    lines += phases.text()
     lines.append(
         "seconds and MB/s over all images (chunkstore backup and restore-oci: layer tar bytes, "
         "every restore: rootfs file bytes);\nRSS = the largest peak of any run; "
@@ -816,30 +737,29 @@ def render(result: dict[str, Any]) -> str:
     )
     lines.append("")
     keys = [t["key"] for t in result["tools"]]
-    head = f"{'per image':<26} " + " ".join(
-        f"{k + ' backup s':>18} {'+MB':>8} {'restore s':>9}"
-        + (f" {'oci s':>6}" if k == "chunkstore" else "")
-        for k in keys
-    )
-    lines.append(head)
-    lines.append("-" * len(head))
+    columns = [Column("per image", 26)]
+    for k in keys:
+        columns += [Column(k + " backup s", 18, ">"), Column("+MB", 8, ">")]
+        columns += [Column("restore s", 9, ">")]
+        if k == "chunkstore":
+            columns.append(Column("oci s", 6, ">"))
+    per_image = Table(columns)
     per: dict[tuple[str, str, str], dict[str, Any]] = {}
     for t in result["tools"]:
         for r in t["runs"]:
             per[(t["key"], r["image"], r["phase"])] = r
     for i in result["images"]:
-        cells = []
+        cells = [i["ref"]]
         for k in keys:
             b, rs = per.get((k, i["ref"], "backup")), per.get((k, i["ref"], "restore"))
-            bs = f"{b['seconds']:.2f}" if b else "failed"
-            added = f"{b['added_bytes'] / MB:.2f}" if b else "-"
-            rss = f"{rs['seconds']:.2f}" if rs else "failed"
-            cell = f"{bs:>18} {added:>8} {rss:>9}"
+            cells.append(f"{b['seconds']:.2f}" if b else "failed")
+            cells.append(f"{b['added_bytes'] / MB:.2f}" if b else "-")
+            cells.append(f"{rs['seconds']:.2f}" if rs else "failed")
             if k == "chunkstore":
                 ro = per.get((k, i["ref"], "restore-oci"))
-                cell += f" {ro['seconds']:>6.2f}" if ro else f" {'failed':>6}"
-            cells.append(cell)
-        lines.append(f"{i['ref']:<26} " + " ".join(cells))
+                cells.append(f"{ro['seconds']:.2f}" if ro else "failed")
+        per_image.row(*cells)
+    lines += per_image.text()
     lines.append("+MB = repository growth on disk from that backup (bytes newly stored)")
     rb = result.get("rebuilt")
     if rb:
@@ -855,8 +775,7 @@ def render(result: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append("targets:")
-    for t in result["targets"]:
-        lines.append(f"  {t['verdict']:<4}  {t['name']:<66} {t['value']}")
+    lines += target_lines(result["targets"], 66)
     return "\n".join(lines)
 
 
@@ -886,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     corpus: Path = args.corpus.resolve()
-    if not (corpus / "oci" / "index.json").is_file():
+    if not has_corpus(corpus):
         print(
             f"bench_images: SKIPPED: no corpus at {corpus} (no oci/index.json); build it with "
             f"tools/build_corpus {corpus} (needs root and network), or pass --corpus DIR",
@@ -909,8 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-images-", dir=out))
     tools: list[ToolResult] = []
     failures: list[str] = []
-    cache = Cache(args.warm)
-    quiet = [float(args.max_wait)]
+    cache = PageCache(force_warm=args.warm)
+    quiet = Quiet(args.max_wait)
     try:
         for image in images:
             log(f"unpacking the root filesystem of {image.ref}")
@@ -960,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": summarize(tools),
         "rebuilt": rebuilt_figures(tools, images),
         "failures": failures,
-        "waited_s": args.max_wait - max(quiet[0], 0.0),
+        "waited_s": quiet.waited_s,
     }
     result["targets"] = evaluate(result)
     result["total_seconds"] = time.perf_counter() - started

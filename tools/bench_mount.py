@@ -69,10 +69,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = Path("/var/tmp/chunkstore-corpus/oci")
+from benchlib.common import ROOT, log
+from benchlib.corpus import DEFAULT_CORPUS, read_corpus
+from benchlib.measure import drop_page_cache, run_checked
+from benchlib.report import markdown_table, verdict
+
+from chunkstore.testing.registry_server import (
+    REGISTRY_BINARY,
+    RegistryServer,
+    start_registry,
+    stop_process,
+    wait_ready,
+)
+
+CORPUS = DEFAULT_CORPUS / "oci"
 IMAGE_REF = "bookworm-python3"
-REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 CHUNKSTORE = [sys.executable, "-m", "chunkstore"]
 PYTHON_CMD = ["/usr/bin/python3", "-c", "print(42)"]
 
@@ -87,22 +98,14 @@ RUN_TIMEOUT_S = 900
 MOUNT_READY_TIMEOUT_S = 120
 
 
-def log(msg: str) -> None:
-    print(f"bench_mount: {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd: list[str], *, timeout: float = RUN_TIMEOUT_S, **kw: Any) -> str:
+def run(cmd: list[str], *, timeout: float = RUN_TIMEOUT_S, cwd: Path | None = None) -> str:
     """Run ``cmd``; its stdout, or RuntimeError with its stderr on failure."""
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
-    return str(done.stdout)
+    return run_checked(cmd, timeout=timeout, cwd=cwd).stdout
 
 
 def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    if not drop_page_cache():
+        raise RuntimeError("cannot drop the page cache (needs root)")
 
 
 # ----------------------------------------------------------------------------- the shaped link
@@ -133,8 +136,7 @@ class Network:
         self.subnet = f"10.{200 + tag % 50}.{tag % 250}"
         self.netns_made = False
         self.veth_made = False
-        self.registry: subprocess.Popen[bytes] | None = None
-        self.registry_handle: Any = None
+        self.registry: RegistryServer | None = None
         self.proxy: subprocess.Popen[str] | None = None
 
     def start(self) -> Link:
@@ -171,25 +173,19 @@ class Network:
         shape = ["tbf", "rate", f"{self.rate_mbit:g}mbit", "burst", "64kb", "latency", "100ms"]
         run(["tc", "qdisc", "add", "dev", h, "root", *shape])
         run([*nsx, "tc", "qdisc", "add", "dev", n, "root", *shape])
-        root = self.work / "registry"
-        root.mkdir(exist_ok=True)
-        port = 5000
-        config = root / "config.yml"
-        config.write_text(registry_config(root / "data", f"{net}.2:{port}"))
-        with (root / "registry.log").open("ab") as out:
-            self.registry = subprocess.Popen(
-                [*nsx, str(REGISTRY_BINARY), "serve", str(config)], stdout=out, stderr=out
-            )
-        target = f"{net}.2:{port}"
-        wait_registry(f"http://{target}", self.registry)
+        target = f"{net}.2:5000"
+        self.registry = start_registry(
+            self.work / "registry",
+            listen=target,
+            prefix=nsx,
+            secret="chunkstore-bench-mount-secret",
+            startup_seconds=20.0,
+        )
         return target
 
     def _start_loopback_registry(self) -> str:
-        sys.path.insert(0, str(ROOT))
-        from tests.integration.registry_fixture import start_registry
-
-        self.registry_handle = start_registry(self.work / "registry")
-        return str(self.registry_handle.info.host)
+        self.registry = start_registry(self.work / "registry")
+        return self.registry.host
 
     def _start_proxy(self, target: str, *, rate_in_proxy: bool) -> str:
         cmd = [
@@ -210,12 +206,13 @@ class Network:
         if not line.startswith("listening "):
             raise RuntimeError(f"delay proxy did not start: {line!r}")
         host = line.split()[1]
-        wait_registry(f"http://{host}", self.proxy)
+        if not wait_ready(self.proxy, f"http://{host}", 20.0):
+            raise RuntimeError(f"no registry answer through the delay proxy at {host}")
         return host
 
     def _undo_netns(self) -> None:
         if self.registry is not None:
-            stop(self.registry)
+            self.registry.stop()
             self.registry = None
         if self.veth_made:
             subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True, check=False)
@@ -226,45 +223,10 @@ class Network:
 
     def close(self) -> None:
         if self.proxy is not None:
-            stop(self.proxy)
+            stop_process(self.proxy)
             if self.proxy.stdout is not None:
                 self.proxy.stdout.close()
-        if self.registry_handle is not None:
-            self.registry_handle.stop()
         self._undo_netns()
-
-
-def registry_config(data: Path, addr: str) -> str:
-    return (
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n"
-        "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: {addr}\n  secret: chunkstore-bench-mount-secret\n"
-    )
-
-
-def wait_registry(url: str, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited {proc.returncode}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/v2/", timeout=2.0).status_code in (200, 401):
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"no registry answer at {url}")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ----------------------------------------------------------------------------- mounts
@@ -469,13 +431,10 @@ def warm_read(repo: str, work: Path, big: Path) -> WarmRead:
 
 def image_compressed_size() -> int:
     """Sum of the gzip layer sizes of IMAGE_REF in the corpus layout."""
-    index = json.loads((CORPUS / "index.json").read_text())
-    for desc in index["manifests"]:
-        if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") == IMAGE_REF:
-            algo, hexd = desc["digest"].split(":", 1)
-            manifest = json.loads((CORPUS / "blobs" / algo / hexd).read_text())
-            return sum(int(layer["size"]) for layer in manifest["layers"])
-    raise RuntimeError(f"{IMAGE_REF} is not in {CORPUS}/index.json")
+    images = read_corpus(CORPUS)
+    if IMAGE_REF not in images:
+        raise RuntimeError(f"{IMAGE_REF} is not in {CORPUS}/index.json")
+    return images[IMAGE_REF].compressed_bytes
 
 
 def make_big_dir(path: Path) -> Path:
@@ -557,44 +516,66 @@ def link_check(link: Link) -> dict[str, float]:
 # ----------------------------------------------------------------------------- report
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def render(result: dict[str, Any]) -> str:
     m = result["medians"]
     link = result["link"]
-    lines = [
+    w = result["warm_read"]
+    rows = [
+        [
+            "skopeo copy + umoci unpack + chroot python3",
+            f"{m['baseline_s']:.2f}",
+            f"copy {m['skopeo_s']:.2f} s, unpack {m['umoci_s']:.2f} s, "
+            f"python {m['base_chroot_s']:.2f} s",
+            "1.00",
+            "",
+            "",
+        ],
+        [
+            "mount + chroot python3 (cold)",
+            f"{m['cold_s']:.2f}",
+            f"ready {m['cold_ready_s']:.2f} s, python {m['cold_chroot_s']:.2f} s",
+            f"{m['cold_ratio']:.3f}",
+            f"<= {TARGET_COLD}",
+            verdict(m["cold_ratio"] <= TARGET_COLD),
+        ],
+        [
+            "bytes fetched by that mount",
+            "",
+            f"{m['fetched_bytes'] / 1e6:.2f} MB in {m['requests']:.0f} requests",
+            f"{m['fetched_ratio']:.3f}",
+            f"<= {TARGET_FETCHED}",
+            verdict(m["fetched_ratio"] <= TARGET_FETCHED),
+        ],
+        [
+            "mount --prefetch PROFILE + chroot python3 (cold)",
+            f"{m['profile_s']:.2f}",
+            f"ready {m['profile_ready_s']:.2f} s, python {m['profile_chroot_s']:.2f} s, "
+            f"fetched {m['profile_fetched_bytes'] / 1e6:.2f} MB",
+            f"{m['profile_ratio']:.3f}",
+            f"<= {TARGET_PROFILE}",
+            verdict(m["profile_ratio"] <= TARGET_PROFILE),
+        ],
+        [
+            "warm sequential read, 100 MB file, mount vs local disk (2nd reads)",
+            f"{w['mount_reads'][1]:.3f}",
+            f"{w['mount_mb_s']:.0f} vs {w['local_mb_s']:.0f} MB/s; "
+            f"reads 2-4: {w['steady_ratio']:.2f}x; first read through the mount (fetch) "
+            f"{w['mount_reads'][0]:.2f} s",
+            f"{w['ratio']:.2f}",
+            f">= {TARGET_WARM}",
+            verdict(w["ratio"] >= TARGET_WARM),
+        ],
+    ]
+    heading = (
         f"\nLazy mount vs skopeo+umoci, {IMAGE_REF} ({result['compressed_bytes'] / 1e6:.1f} MB "
         f"compressed), registry over {link['rtt_ms']:g} ms RTT / {link['rate_mbit']:g} Mbit/s "
         f"({link['mode']}; measured {result['link_check']['rtt_ms']:.0f} ms, "
         f"{result['link_check']['download_mbit_s']:.0f} Mbit/s); medians of "
-        f"{result['repeat']} cold run(s)\n",
-        "| measurement | seconds | detail | ratio | target | verdict |",
-        "|---|---:|---|---:|---:|---|",
-        f"| skopeo copy + umoci unpack + chroot python3 | {m['baseline_s']:.2f} | copy "
-        f"{m['skopeo_s']:.2f} s, unpack {m['umoci_s']:.2f} s, python {m['base_chroot_s']:.2f} s "
-        "| 1.00 | | |",
-        f"| mount + chroot python3 (cold) | {m['cold_s']:.2f} | ready {m['cold_ready_s']:.2f} s, "
-        f"python {m['cold_chroot_s']:.2f} s | {m['cold_ratio']:.3f} | <= {TARGET_COLD} | "
-        f"{verdict(m['cold_ratio'] <= TARGET_COLD)} |",
-        f"| bytes fetched by that mount | | {m['fetched_bytes'] / 1e6:.2f} MB in "
-        f"{m['requests']:.0f} requests | {m['fetched_ratio']:.3f} | <= {TARGET_FETCHED} | "
-        f"{verdict(m['fetched_ratio'] <= TARGET_FETCHED)} |",
-        f"| mount --prefetch PROFILE + chroot python3 (cold) | {m['profile_s']:.2f} | ready "
-        f"{m['profile_ready_s']:.2f} s, python {m['profile_chroot_s']:.2f} s, fetched "
-        f"{m['profile_fetched_bytes'] / 1e6:.2f} MB | {m['profile_ratio']:.3f} | "
-        f"<= {TARGET_PROFILE} | {verdict(m['profile_ratio'] <= TARGET_PROFILE)} |",
-    ]
-    w = result["warm_read"]
-    lines.append(
-        f"| warm sequential read, 100 MB file, mount vs local disk (2nd reads) | "
-        f"{w['mount_reads'][1]:.3f} | {w['mount_mb_s']:.0f} vs {w['local_mb_s']:.0f} MB/s; "
-        f"reads 2-4: {w['steady_ratio']:.2f}x; first read through the mount (fetch) "
-        f"{w['mount_reads'][0]:.2f} s | {w['ratio']:.2f} | >= {TARGET_WARM} | "
-        f"{verdict(w['ratio'] >= TARGET_WARM)} |"
+        f"{result['repeat']} cold run(s)\n"
     )
-    return "\n".join(lines)
+    headers = ["measurement", "seconds", "detail", "ratio", "target", "verdict"]
+    rule = ["---", "---:", "---", "---:", "---:", "---"]
+    return "\n".join([heading, *markdown_table(headers, rows, rule)])
 
 
 def median_of(values: list[float]) -> float:

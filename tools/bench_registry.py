@@ -60,7 +60,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -70,35 +69,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_images import (
+from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log
+from benchlib.corpus import (
     DEFAULT_CORPUS,
-    PREFERRED_ORDER,
     REBUILT_PAIRS,
-    Cache,
-    _blob,
-    read_layout,
+    CorpusImage,
+    has_corpus,
+    order_refs,
+    read_corpus,
 )
-from bench_store import (
-    ROOT,
-    _version,
-    base_env,
-    chunkstore_binary,
+from benchlib.measure import PageCache, Quiet, machine_cpu, run_checked, run_measured
+from benchlib.report import (
+    Column,
+    Table,
     git_revision,
     library_versions,
-    machine_cpu,
     machine_info,
+    machine_line,
     report,
-    run_checked,
-    run_measured,
-    wait_for_quiet,
+    target_lines,
+    tool_version,
 )
 
-MB = 10**6
-REGISTRY_BINARY = Path("/usr/bin/docker-registry")
+from chunkstore.testing.registry_server import REGISTRY_BINARY, RegistryServer, start_registry
+
 SKOPEO = "skopeo"
-STARTUP_SECONDS = 15.0
 BLOBS_DIR = Path("docker/registry/v2/blobs")
 
 # Targets of the issue.
@@ -111,144 +106,48 @@ TOOLS = ("chunkstore", "skopeo")
 ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
 
 
-def log(msg: str) -> None:
-    print(f"bench_registry: {msg}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- corpus
 
 
-@dataclass
-class Image:
-    """A corpus image: its blobs in the OCI layout and their total size."""
-
-    ref: str
-    blobs: list[str]  # digests: manifest, config, layers
-    bytes: int  # manifest + config + compressed layers
-
-
-def load_images(layout: Path, wanted: list[str] | None) -> list[Image]:
+def load_images(layout: Path, wanted: list[str] | None) -> list[CorpusImage]:
     """The selected images of the layout, in benchmark order."""
-    index = {
-        d.get("annotations", {}).get("org.opencontainers.image.ref.name"): d
-        for d in json.loads((layout / "index.json").read_text()).get("manifests", [])
-    }
-    manifests = read_layout(layout)
+    found = read_corpus(layout)
     if wanted:
-        missing = [r for r in wanted if r not in manifests]
+        missing = [r for r in wanted if r not in found]
         if missing:
             raise SystemExit(
                 f"bench_registry: no image {', '.join(missing)} in the corpus "
-                f"(refs: {', '.join(sorted(manifests))})"
+                f"(refs: {', '.join(sorted(found))})"
             )
         refs = wanted
     else:
-        refs = [r for r in PREFERRED_ORDER if r in manifests]
-        refs += sorted(r for r in manifests if r not in refs)
-    images = []
-    for ref in refs:
-        m = manifests[ref]
-        blobs = [index[ref]["digest"], m["config"]["digest"]] + [la["digest"] for la in m["layers"]]
-        size = index[ref]["size"] + m["config"]["size"] + sum(la["size"] for la in m["layers"])
-        images.append(Image(ref=ref, blobs=blobs, bytes=size))
-    return images
+        refs = order_refs(list(found))
+    return [found[ref] for ref in refs]
 
 
 # ----------------------------------------------------------------------------- registry
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def blob_bytes(registry: RegistryServer) -> int:
+    """Apparent size of every file under the blob store (what the registry kept)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(registry.storage / BLOBS_DIR):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
-def _registry_config(root: Path, port: int) -> str:
-    """tests/integration/registry_fixture.py's configuration, with the access log on."""
-    return (
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        "  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: chunkstore-bench-secret\n"
-    )
-
-
-class Registry:
-    """A ``docker-registry serve`` process on 127.0.0.1 storing under ``root / "data"``."""
-
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.storage = root / "data"
-        self.log_path = root / "registry.log"
-        for _attempt in range(3):  # the free port may be taken between probing and binding
-            self.port = _free_port()
-            config = root / "config.yml"
-            config.write_text(_registry_config(root, self.port))
-            with self.log_path.open("ab") as logf:
-                self.proc = subprocess.Popen(
-                    [str(REGISTRY_BINARY), "serve", str(config)],
-                    stdout=logf,
-                    stderr=logf,
-                    stdin=subprocess.DEVNULL,
-                )
-            if self._wait_ready():
-                return
-            self.stop()
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"docker-registry did not start; its log ends with:\n{tail}")
-
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                    s.sendall(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    if s.recv(64).startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
-                        return True
-            time.sleep(0.05)
-        return False
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the registry process so far."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def blob_bytes(self) -> int:
-        """Apparent size of every file under the blob store (what the registry kept)."""
-        total = 0
-        for dirpath, _dirs, names in os.walk(self.storage / BLOBS_DIR):
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-        return total
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size
-
-    def requests_since(self, offset: int) -> dict[str, int]:
-        """Requests per method (and in all) in the access log after byte ``offset``."""
-        with self.log_path.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-        counts: Counter[str] = Counter()
-        for match in ACCESS_LINE.finditer(text):
-            counts[match.group(1)] += 1
-            counts["all"] += 1
-        return dict(counts)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def requests_since(registry: RegistryServer, offset: int) -> dict[str, int]:
+    """Requests per method (and in all) in the access log after byte ``offset``."""
+    with registry.log_path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    counts: Counter[str] = Counter()
+    for match in ACCESS_LINE.finditer(text):
+        counts[match.group(1)] += 1
+        counts["all"] += 1
+    return dict(counts)
 
 
 class CountingProxy:
@@ -368,7 +267,9 @@ class Target:
         self.tool = tool
         self.dir = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work))
         self.layout = corpus / "oci"
-        self.registry = Registry(self.dir / "registry")
+        self.registry = start_registry(
+            self.dir / "registry", access_log=True, secret="chunkstore-bench-secret"
+        )
         self.proxy = CountingProxy(self.registry.port)
         self.host = f"127.0.0.1:{self.proxy.port}"
         self.env = base_env(self.dir)
@@ -378,7 +279,7 @@ class Target:
     def init_cmd(self) -> list[str] | None:
         return [*self.cs, "init"] if self.tool == "chunkstore" else None
 
-    def push_cmd(self, image: Image) -> list[str]:
+    def push_cmd(self, image: CorpusImage) -> list[str]:
         if self.tool == "chunkstore":
             return [*self.cs, "backup", f"oci:{self.layout}:{image.ref}", "--tag", image.ref]
         return [
@@ -400,17 +301,17 @@ class Target:
 def measure(
     target: Target,
     phase: str,
-    image: Image | None,
+    image: CorpusImage | None,
     cmd: list[str],
-    cache: Cache,
-    quiet: list[float],
+    cache: PageCache,
+    quiet: Quiet,
 ) -> Push:
     """Run one push command against ``target`` and collect every figure around it."""
-    cache.prepare([_blob(target.layout, d) for d in image.blobs] if image else [])
-    wait_for_quiet(quiet)
+    cache.prepare(list(image.blob_paths) if image else [])
+    quiet.wait()
     reg = target.registry
     sent0, recv0, conn0 = target.proxy.counters()
-    stored0, log0, reg_cpu0 = reg.blob_bytes(), reg.log_size(), reg.cpu_seconds()
+    stored0, log0, reg_cpu0 = blob_bytes(reg), reg.log_path.stat().st_size, reg.cpu_seconds()
     own0 = time.process_time()
     m = run_measured(cmd, target.env)
     own1 = time.process_time()
@@ -422,15 +323,15 @@ def measure(
         tool=target.tool,
         phase=phase,
         image=image.ref if image else "(init)",
-        image_bytes=image.bytes if image else 0,
+        image_bytes=image.stored_bytes if image else 0,
         seconds=m.seconds,
         cpu_s=m.user_s + m.sys_s,
         rss_kib=m.rss_kib,
         sent=sent1 - sent0,
         received=recv1 - recv0,
         connections=conn1 - conn0,
-        stored=reg.blob_bytes() - stored0,
-        requests=reg.requests_since(log0),
+        stored=blob_bytes(reg) - stored0,
+        requests=requests_since(reg, log0),
         registry_cpu_s=reg_cpu,
         proxy_cpu_s=proxy_cpu,
         other_cpu_s=max(0.0, m.other_cpu_s - reg_cpu - proxy_cpu),
@@ -457,7 +358,7 @@ def measure(
 def run_phase(
     tool: str,
     phase: str,
-    images: list[Image],
+    images: list[CorpusImage],
     ctx: dict[str, Any],
 ) -> list[Push]:
     """Fresh registry for ``tool``; (init and) push ``images`` in order."""
@@ -560,36 +461,72 @@ def _req(requests: dict[str, int]) -> str:
 def render_run(run: dict[str, Any], number: int) -> str:
     s = run["summary"]
     lines = [f"run {number}: started {run['date']}", ""]
-    head = (
-        f"{'tool':<11} {'phase':<8} {'image':<26} {'seconds':>8} {'MB/s':>7} {'sent MB':>9} "
-        f"{'recv MB':>8} {'stored MB':>9} {'conns':>5} {'CPU s':>6} {'reg CPU':>7} "
-        f"{'other CPU':>9}  requests"
+    pushes = Table(
+        [
+            Column("tool", 11),
+            Column("phase", 8),
+            Column("image", 26),
+            Column("seconds", 8, ">"),
+            Column("MB/s", 7, ">"),
+            Column("sent MB", 9, ">"),
+            Column("recv MB", 8, ">"),
+            Column("stored MB", 9, ">"),
+            Column("conns", 5, ">"),
+            Column("CPU s", 6, ">"),
+            Column("reg CPU", 7, ">"),
+            Column("other CPU", 9, ">"),
+            Column("requests", sep="  "),
+        ]
     )
-    lines += [head, "-" * len(head)]
     for p in run["pushes"]:
-        mb_s = f"{p['image_bytes'] / MB / p['seconds']:.1f}" if p["image_bytes"] else "-"
-        lines.append(
-            f"{p['tool']:<11} {p['phase']:<8} {p['image']:<26} {p['seconds']:>8.2f} {mb_s:>7} "
-            f"{p['sent'] / MB:>9.2f} {p['received'] / MB:>8.2f} {p['stored'] / MB:>9.2f} "
-            f"{p['connections']:>5} {p['cpu_s']:>6.1f} {p['registry_cpu_s']:>7.1f} "
-            f"{p['other_cpu_s']:>9.1f}  {_req(p['requests'])}" + ("" if p["ok"] else "  FAILED")
+        pushes.row(
+            p["tool"],
+            p["phase"],
+            p["image"],
+            f"{p['seconds']:.2f}",
+            f"{p['image_bytes'] / MB / p['seconds']:.1f}" if p["image_bytes"] else "-",
+            f"{p['sent'] / MB:.2f}",
+            f"{p['received'] / MB:.2f}",
+            f"{p['stored'] / MB:.2f}",
+            str(p["connections"]),
+            f"{p['cpu_s']:.1f}",
+            f"{p['registry_cpu_s']:.1f}",
+            f"{p['other_cpu_s']:.1f}",
+            _req(p["requests"]) + ("" if p["ok"] else "  FAILED"),
         )
+    lines += pushes.text()
     lines.append("")
-    head = (
-        f"{'totals (no init)':<20} {'seconds':>8} {'MB/s':>7} {'sent MB':>9} {'stored MB':>9} "
-        f"{'CPU s':>6} {'reg CPU':>7} {'proxy CPU':>9} {'other CPU':>9}  requests"
+    totals = Table(
+        [
+            Column("totals (no init)", 20),
+            Column("seconds", 8, ">"),
+            Column("MB/s", 7, ">"),
+            Column("sent MB", 9, ">"),
+            Column("stored MB", 9, ">"),
+            Column("CPU s", 6, ">"),
+            Column("reg CPU", 7, ">"),
+            Column("proxy CPU", 9, ">"),
+            Column("other CPU", 9, ">"),
+            Column("requests", sep="  "),
+        ]
     )
-    lines += [head, "-" * len(head)]
     for key, t in s["totals"].items():
-        lines.append(
-            f"{key:<20} {t['seconds']:>8.2f} {t['mb_s']:>7.1f} {t['sent'] / MB:>9.2f} "
-            f"{t['stored'] / MB:>9.2f} {t['cpu_s']:>6.1f} {t['registry_cpu_s']:>7.1f} "
-            f"{t['proxy_cpu_s']:>9.1f} {t['other_cpu_s']:>9.1f}  {_req(t['requests'])}"
+        totals.row(
+            key,
+            f"{t['seconds']:.2f}",
+            f"{t['mb_s']:.1f}",
+            f"{t['sent'] / MB:.2f}",
+            f"{t['stored'] / MB:.2f}",
+            f"{t['cpu_s']:.1f}",
+            f"{t['registry_cpu_s']:.1f}",
+            f"{t['proxy_cpu_s']:.1f}",
+            f"{t['other_cpu_s']:.1f}",
+            _req(t["requests"]),
         )
+    lines += totals.text()
     lines.append("")
     lines.append("targets:")
-    for t in run["targets"]:
-        lines.append(f"  {t['verdict']:<4}  {t['name']:<72} {t['value']}")
+    lines += target_lines(run["targets"], 72)
     if s["rebuilt_stored_fraction"] is not None:
         lines.append(
             f"        (registry storage growth for {REBUILT}: chunkstore "
@@ -603,7 +540,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"bench_registry: {len(result['images'])} images from {result['corpus']} "
         f"({sum(i['bytes'] for i in result['images']) / MB:.1f} MB as stored in the layout); "
-        f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, kernel {m['kernel']}",
+        f"{machine_line(m)}",
         f"chunkstore {result['git']}; {result['versions']['skopeo']}; "
         f"{result['versions']['registry']}",
         f"page cache: {result['page_cache']['mode']} ({result['page_cache']['reason']})",
@@ -640,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     corpus: Path = args.corpus.resolve()
     layout = corpus / "oci"
-    if not (layout / "index.json").is_file():
+    if not has_corpus(corpus):
         print(
             f"bench_registry: no corpus at {corpus} (no oci/index.json); build it with "
             f"tools/build_corpus {corpus} (needs root and network), or pass --corpus DIR",
@@ -663,8 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-registry-", dir=out))
-    cache = Cache(args.warm)
-    quiet = [float(args.max_wait)]
+    cache = PageCache(force_warm=args.warm)
+    quiet = Quiet(args.max_wait)
     ctx = {
         "work": work,
         "corpus": corpus,
@@ -709,15 +646,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "libraries": library_versions(),
         "versions": {
-            "skopeo": _version([SKOPEO, "--version"]),
+            "skopeo": tool_version([SKOPEO, "--version"]),
             "registry": registry_version.stdout.strip(),
         },
         "corpus": str(corpus),
-        "images": [asdict(i) for i in images],
+        "images": [{"ref": i.ref, "blobs": i.blobs, "bytes": i.stored_bytes} for i in images],
         "page_cache": {"mode": cache.mode, "reason": cache.reason},
         "runs": runs,
         "failures": failures,
-        "waited_s": args.max_wait - max(quiet[0], 0.0),
+        "waited_s": quiet.waited_s,
     }
     result["total_seconds"] = time.perf_counter() - started
     return report(result, render(result), failures, out / "bench_registry.json")

@@ -49,23 +49,48 @@ import itertools
 import json
 import mmap
 import os
-import platform
 import random
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-MIB = 1 << 20
+from benchlib.common import (
+    MIB,
+    ROOT,
+    base_env,
+    chunkstore_binary,
+    log,
+    restic_summary,
+    workdir,
+)
+from benchlib.measure import (
+    Measured,
+    PageCache,
+    Quiet,
+    disk_usage,
+    measure_call,
+    run_checked,
+    run_measured,
+)
+from benchlib.report import (
+    Column,
+    Table,
+    git_revision,
+    libraries_line,
+    library_versions,
+    machine_info,
+    machine_line,
+    report,
+    target_lines,
+    tool_version,
+)
+
+from chunkstore.chunker import Chunker, ChunkerParams
+
 GENERATOR_VERSION = 1
 
 # Targets of the issue.
@@ -73,13 +98,7 @@ TARGET_RATIO = 1.5
 TARGET_RSS_BYTES = 250 * 10**6
 TARGET_CHUNK_BYTES_S = 10**9
 
-RUN_TIMEOUT_S = 600
-TIME_BIN = "/usr/bin/time"
 PASSWORD = "bench-store-password"
-
-
-def log(msg: str) -> None:
-    print(f"bench_store: {msg}", file=sys.stderr, flush=True)
 
 
 def parse_size(text: str) -> int:
@@ -158,7 +177,7 @@ def generate_dataset(path: Path, size: int, seed: int) -> DataSet:
                 k = seg // unit_avg + 1
                 ids = rng.randbytes(4 * k).hex().encode()
                 picks = rng.choices(units, k=k)
-                parts = []
+                parts: list[bytes] = []
                 for i, unit in enumerate(picks):
                     parts += (b"id=", ids[8 * i : 8 * i + 8], b" ", unit)
                 buf = b"".join(parts)[:seg]
@@ -200,167 +219,6 @@ def _zstd_sample_ratio(path: Path, block: int = 64 << 10, stride: int = 16) -> t
     return (raw / packed if packed else 0.0), raw
 
 
-# ----------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Measured:
-    seconds: float
-    rss_kib: int
-    user_s: float
-    sys_s: float
-    returncode: int
-    stdout: str
-    stderr: str
-    rss_source: str
-    other_cpu_s: float = 0.0  # CPU time the rest of the machine used during the run
-    steal_s: float = 0.0  # CPU time the hypervisor took away during the run
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, first[1:9])
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    hz = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / hz, steal / hz
-
-
-def run_measured(
-    cmd: list[str], env: dict[str, str], *, timeout: float = RUN_TIMEOUT_S
-) -> Measured:
-    """Run ``cmd`` to completion; wall time, and peak RSS and CPU time of that child alone."""
-    use_time = os.access(TIME_BIN, os.X_OK)
-    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
-        tpath = Path(tmp) / "time"
-        full = [TIME_BIN, "-f", "%M %U %S", "-o", str(tpath), *cmd] if use_time else cmd
-        out_path, err_path = Path(tmp) / "out", Path(tmp) / "err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            busy0, steal0 = machine_cpu()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                full, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-            usage = _wait(proc, timeout)
-            seconds = time.perf_counter() - t0
-            busy1, steal1 = machine_cpu()
-        m = Measured(
-            seconds=seconds,
-            rss_kib=int(usage.ru_maxrss),
-            user_s=usage.ru_utime,
-            sys_s=usage.ru_stime,
-            returncode=proc.returncode,
-            stdout=out_path.read_text(errors="replace"),
-            stderr=err_path.read_text(errors="replace"),
-            rss_source="os.wait4",
-        )
-        if use_time:
-            # /usr/bin/time reports on its own child, the tool (first line may be an exit note).
-            lines = tpath.read_text().strip().splitlines()
-            try:
-                rss, user, system = lines[-1].split()
-                m.rss_kib, m.user_s, m.sys_s = int(rss), float(user), float(system)
-                m.rss_source = TIME_BIN
-            except (IndexError, ValueError):
-                raise RuntimeError(f"cannot parse {TIME_BIN} output {lines!r}") from None
-        m.other_cpu_s = max(0.0, busy1 - busy0 - m.user_s - m.sys_s)
-        m.steal_s = steal1 - steal0
-        return m
-
-
-def wait_for_quiet(budget: list[float], *, threshold: float = 0.15, window: float = 1.0) -> float:
-    """Wait until the other processes use < ``threshold`` cores, spending at most ``budget[0]``
-    seconds (shared by all calls); returns the cores in use at the last look."""
-    while True:
-        b0, _ = machine_cpu()
-        time.sleep(window)
-        b1, _ = machine_cpu()
-        busy = (b1 - b0) / window
-        budget[0] -= window
-        if busy < threshold or budget[0] <= 0:
-            return busy
-        log(f"waiting for other processes to go quiet ({busy:.2f} CPUs busy)")
-
-
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> resource.struct_rusage:
-    """Reap ``proc`` with ``wait4`` (its own rusage); kill its process group on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            raise RuntimeError(f"timed out after {timeout:.0f} s: {proc.args!r}")
-        time.sleep(0.005)
-
-
-def run_checked(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run an untimed set-up command; raise with its stderr if it fails."""
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes allocated on disk under ``path`` (like ``du -s``)."""
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(path):
-        for name in [*filenames, "."]:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
-class PageCache:
-    """Puts the page cache in the same state before every timed run: cold if we may, else warm."""
-
-    def __init__(self, data: Path, *, force_warm: bool) -> None:
-        self.data = data
-        self.mode = "warm" if force_warm else ("cold" if self._drop() else "warm")
-        self.reason = (
-            "--warm given"
-            if force_warm
-            else "page cache dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches)"
-            if self.mode == "cold"
-            else "cannot drop the page cache (not root?): the file is read once before every run"
-        )
-
-    @staticmethod
-    def _drop() -> bool:
-        os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3\n")
-        except OSError:
-            return False
-        return True
-
-    def prepare(self) -> None:
-        if self.mode == "cold":
-            if not self._drop():
-                raise RuntimeError("dropping the page cache stopped working")
-        else:
-            os.sync()
-            self.warm()
-
-    def warm(self) -> None:
-        with open(self.data, "rb", buffering=0) as f:
-            buf = bytearray(8 * MIB)
-            while f.readinto(buf):
-                pass
-
-
 # ----------------------------------------------------------------------------- chunking alone
 
 
@@ -380,14 +238,26 @@ class ChunkFigures:
 
 def measure_chunking(data: Path, size: int, passes: int = 2) -> ChunkFigures:
     """Chunker.chunks over the file (warm), and the compiled FastCDC over an mmap of it."""
+    params = ChunkerParams()
+    (times, count, total, raw, n), figures = measure_call(
+        lambda: _chunk_passes(data, params, passes)
+    )
+    if total != size:
+        raise RuntimeError(f"the chunker returned {total} bytes of {size}")
+    if n != count:
+        log(f"warning: raw FastCDC made {n} chunks, Chunker.chunks {count}")
+    return ChunkFigures(
+        times, count, total / max(count, 1), raw, params.to_cbor(), figures.other_cpu_s
+    )
+
+
+def _chunk_passes(
+    data: Path, params: ChunkerParams, passes: int
+) -> tuple[list[float], int, int, list[float], int]:
+    """Seconds per pass of Chunker.chunks and of the raw FastCDC; chunks, bytes, raw chunks."""
     from fastcdc.fastcdc_cy import chunk_generator
 
-    from chunkstore.chunker import Chunker, ChunkerParams
-
-    params = ChunkerParams()
     chunker = Chunker(params)
-    busy0, _ = machine_cpu()
-    own0 = time.process_time()
     times = []
     count = total = 0
     for _ in range(passes):
@@ -398,10 +268,9 @@ def measure_chunking(data: Path, size: int, passes: int = 2) -> ChunkFigures:
                 count += 1
                 total += len(chunk)
             times.append(time.perf_counter() - t0)
-        if total != size:
-            raise RuntimeError(f"the chunker returned {total} bytes of {size}")
     raw = []
-    with open(data, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+    n = 0
+    with open(data, "rb") as g, mmap.mmap(g.fileno(), 0, prot=mmap.PROT_READ) as m:
         view = memoryview(m)
         try:
             for _ in range(passes):
@@ -415,10 +284,7 @@ def measure_chunking(data: Path, size: int, passes: int = 2) -> ChunkFigures:
                 raw.append(time.perf_counter() - t0)
         finally:
             view.release()
-    other = max(0.0, machine_cpu()[0] - busy0 - (time.process_time() - own0))
-    if n != count:
-        log(f"warning: raw FastCDC made {n} chunks, Chunker.chunks {count}")
-    return ChunkFigures(times, count, total / max(count, 1), raw, params.to_cbor(), other)
+    return times, count, total, raw, n
 
 
 # ----------------------------------------------------------------------------- tools
@@ -461,18 +327,9 @@ class Row:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except OSError:
-        return "not installed"
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if text else "unknown"
-
-
 def tool_specs(chunkstore_bin: str, with_borg: bool) -> list[ToolSpec]:
     cs = [chunkstore_bin, "--json", "-r", "{repo}"]
-    cs_version = _version([chunkstore_bin, "--version"])
+    cs_version = tool_version([chunkstore_bin, "--version"])
     specs = []
     for mode, init_args, extra_env in (
         ("plain", [], {}),
@@ -505,7 +362,7 @@ def tool_specs(chunkstore_bin: str, with_borg: bool) -> list[ToolSpec]:
                 first=[*backup, "{data}"],
                 again=[*backup, "--force", "{data}"],
                 env={"RESTIC_PASSWORD": PASSWORD},
-                version=_version([restic, "version"]),
+                version=tool_version([restic, "version"]),
                 baseline=True,
             )
         )
@@ -513,7 +370,7 @@ def tool_specs(chunkstore_bin: str, with_borg: bool) -> list[ToolSpec]:
         log("restic is not installed: no baseline, no ratios")
     borg = shutil.which("borg")
     if with_borg and borg is not None:
-        borg_version = _version([borg, "--version"])
+        borg_version = tool_version([borg, "--version"])
         create = [borg, "create", "--compression", "zstd,3"]
         borg_env = {
             "BORG_BASE_DIR": "{cache}",
@@ -539,38 +396,15 @@ def tool_specs(chunkstore_bin: str, with_borg: bool) -> list[ToolSpec]:
     return specs
 
 
-def base_env(work: Path) -> dict[str, str]:
-    """The parent environment with every tool's home-directory state redirected into ``work``."""
-    env = dict(os.environ)
-    for var in ("CHUNKSTORE_REPO", "CHUNKSTORE_PASSWORD", "RESTIC_REPOSITORY", "BORG_REPO"):
-        env.pop(var, None)
-    env["XDG_CACHE_HOME"] = str(work / "xdg-cache")
-    env["XDG_DATA_HOME"] = str(work / "xdg-data")
-    env["XDG_CONFIG_HOME"] = str(work / "xdg-config")
-    env["TMPDIR"] = str(work / "tmp")
-    (work / "tmp").mkdir(exist_ok=True)
-    return env
-
-
 def _parse_details(spec: ToolSpec, m: Measured) -> dict[str, Any]:
     if spec.chunkstore:
         with contextlib.suppress(ValueError):
             info = json.loads(m.stdout)
-            keys = ("bytes", "chunks", "new_chunks", "new_bytes", "stored_bytes")
+            keys: tuple[str, ...] = ("bytes", "chunks", "new_chunks", "new_bytes", "stored_bytes")
             return {k: info[k] for k in keys if k in info}
     if spec.baseline:
         keys = ("data_blobs", "data_added", "total_bytes_processed", "total_duration")
         return restic_summary(m.stdout, keys)
-    return {}
-
-
-def restic_summary(stdout: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """``keys`` of the last ``summary`` message of restic's ``--json`` output (empty if none)."""
-    for line in reversed(stdout.splitlines()):
-        with contextlib.suppress(ValueError):
-            msg = json.loads(line)
-            if isinstance(msg, dict) and msg.get("message_type") == "summary":
-                return {k: msg[k] for k in keys if k in msg}
     return {}
 
 
@@ -581,7 +415,7 @@ def run_tool(
     work: Path,
     cache: PageCache,
     repeat: int,
-    quiet_budget: list[float],
+    quiet: Quiet,
 ) -> list[Row]:
     """Fresh repository per repetition: set-up, timed first run, timed run of the same file."""
     firsts: list[tuple[Measured, int, dict[str, Any]]] = []
@@ -597,8 +431,8 @@ def run_tool(
             for cmd in spec.init:
                 run_checked(_fill(cmd, **values), env)
             for phase, cmd, into in (("first", spec.first, firsts), ("again", spec.again, agains)):
-                cache.prepare()
-                wait_for_quiet(quiet_budget)
+                cache.prepare([data])
+                quiet.wait()
                 log(f"{spec.key}: {phase} run {i + 1}/{repeat}")
                 m = run_measured(_fill(cmd, **values), env)
                 if m.returncode != 0:
@@ -643,60 +477,6 @@ def run_tool(
 # ----------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem / (1 << 30), 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def library_versions() -> dict[str, str]:
-    out = {}
-    for dist in ("chunkstore", "fastcdc", "zstandard", "PyNaCl", "lmdb"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
-
-
-# --no-optional-locks: a read-only status that never rewrites the index.
-GIT_STATUS = ["git", "--no-optional-locks", "-C", str(ROOT), "status", "--porcelain", "-uno"]
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*GIT_STATUS, "--", "chunkstore", "index"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + (" (chunkstore/ or index/ modified)" if dirty else "")
-
-
 def _fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
@@ -706,15 +486,11 @@ def render(result: dict[str, Any]) -> str:
     ch = result["chunking"]
     rows: list[dict[str, Any]] = result["rows"]
     size = ds["size"]
-    lines = []
-    lines.append(
-        f"bench_store: {size / MIB:.0f} MiB, {result['machine']['cpus']} CPUs "
-        f"({result['machine']['cpu']}), {result['machine']['memory_gib']} GiB RAM, "
-        f"kernel {result['machine']['kernel']}, Python {result['machine']['python']}"
-    )
-    lines.append(f"chunkstore {result['git']}; " + ", ".join(
-        f"{k} {v}" for k, v in result["libraries"].items() if k != "chunkstore"
-    ))  # fmt: skip
+    m = result["machine"]
+    lines = [
+        f"bench_store: {size / MIB:.0f} MiB, {machine_line(m)}, Python {m['python']}",
+        libraries_line(result["git"], result["libraries"]),
+    ]
     for key, version in result["tools"].items():
         lines.append(f"  {key}: {version}")
     fr = ds["fractions"]
@@ -733,42 +509,57 @@ def render(result: dict[str, Any]) -> str:
     if result["repeat"] > 1:
         lines.append(f"each figure is the median of {result['repeat']} runs (all listed in JSON)")
     lines.append("")
-    head = (
-        f"{'tool':<50} {'seconds':>8} {'MiB/s':>8} {'CPU s':>7} {'RSS MiB':>8} "
-        f"{'repo MiB':>9} {'vs restic':>9} {'other CPU s':>11}"
+    table = Table(
+        [
+            Column("tool", 50),
+            Column("seconds", 8, ">"),
+            Column("MiB/s", 8, ">"),
+            Column("CPU s", 7, ">"),
+            Column("RSS MiB", 8, ">"),
+            Column("repo MiB", 9, ">"),
+            Column("vs restic", 9, ">"),
+            Column("other CPU s", 11, ">"),
+        ]
     )
-    lines.append(head)
-    lines.append("-" * len(head))
     best = ch["best_seconds"]
-    lines.append(
-        f"{'chunking alone: Chunker.chunks (in-process, warm)':<50} {best:>8.2f} "
-        f"{size / MIB / best:>8.1f} {'-':>7} {'-':>8} {'-':>9} {'-':>9} "
-        f"{ch['other_cpu_s']:>11.1f}"
+    table.row(
+        "chunking alone: Chunker.chunks (in-process, warm)",
+        f"{best:.2f}",
+        f"{size / MIB / best:.1f}",
+        *["-"] * 4,
+        f"{ch['other_cpu_s']:.1f}",
     )
     raw_best = min(ch["raw_seconds"])
-    lines.append(
-        f"{'  (compiled FastCDC over mmap, no copies)':<50} {raw_best:>8.2f} "
-        f"{size / MIB / raw_best:>8.1f} {'-':>7} {'-':>8} {'-':>9} {'-':>9} {'-':>11}"
+    table.row(
+        "  (compiled FastCDC over mmap, no copies)",
+        f"{raw_best:.2f}",
+        f"{size / MIB / raw_best:.1f}",
+        *["-"] * 5,
     )
     for phase in ("first", "again"):
         if phase == "again":
-            lines.append("-- the same file again into the same repository (dedup path):")
+            table.note("-- the same file again into the same repository (dedup path):")
         for r in rows:
             if r["phase"] != phase:
                 continue
-            lines.append(
-                f"{r['label']:<50} {r['seconds']:>8.2f} {r['mib_s']:>8.1f} {r['cpu_s']:>7.1f} "
-                f"{r['rss_mib']:>8.1f} {r['repo_bytes'] / MIB:>9.1f} "
-                f"{_fmt_ratio(r['ratio_vs_restic']):>9} {r['other_cpu_s']:>11.1f}"
+            table.row(
+                r["label"],
+                f"{r['seconds']:.2f}",
+                f"{r['mib_s']:.1f}",
+                f"{r['cpu_s']:.1f}",
+                f"{r['rss_mib']:.1f}",
+                f"{r['repo_bytes'] / MIB:.1f}",
+                _fmt_ratio(r["ratio_vs_restic"]),
+                f"{r['other_cpu_s']:.1f}",
             )
+    lines += table.text()
     lines.append(
         "CPU s = user + sys time of the tool (CPU s / seconds = cores kept busy); repo = size "
         "on disk;\nother CPU s = CPU time used by other processes during the run (noise)"
     )
     lines.append("")
     lines.append("targets (throughput ratio = restic seconds / chunkstore seconds):")
-    for t in result["targets"]:
-        lines.append(f"  {t['verdict']:<4}  {t['name']:<64} {t['value']}")
+    lines += target_lines(result["targets"], 64)
     lines.append(
         "  (MB and GB are 10**6 and 10**9 bytes: 250 MB = 238.4 MiB, 1 GB/s = 953.7 MiB/s)"
     )
@@ -819,32 +610,6 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- main
 
 
-def chunkstore_binary() -> str:
-    here = Path(sys.executable).parent / "chunkstore"
-    if here.exists():
-        return str(here)
-    venv = ROOT / ".venv" / "bin" / "chunkstore"
-    if venv.exists():
-        return str(venv)
-    found = shutil.which("chunkstore")
-    if found is None:
-        sys.exit("bench_store: no chunkstore command found; run tools/setup first")
-    return found
-
-
-@contextlib.contextmanager
-def workdir(out: Path, keep: bool) -> Iterator[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=out))
-    try:
-        yield work
-    finally:
-        if keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=1 << 30, help="data set size (1G)")
@@ -869,25 +634,25 @@ def main(argv: list[str] | None = None) -> int:
     cs_bin = chunkstore_binary()
     specs = tool_specs(cs_bin, args.borg)
     out: Path = args.out.resolve()
-    with workdir(out, args.keep) as work:
+    with workdir(out, "bench-store-", args.keep) as work:
         data = work / f"data-{args.size}-seed{args.seed}.bin"
         log(f"generating {args.size / MIB:.0f} MiB into {data}")
         ds = generate_dataset(data, args.size, args.seed)
         log(f"generated in {ds.seconds:.1f} s; zstd-3 sample ratio {ds.zstd3_ratio_sample:.2f}x")
-        cache = PageCache(data, force_warm=args.warm)
+        cache = PageCache(force_warm=args.warm, inputs_are="the file is")
         log(f"page cache: {cache.mode}")
 
-        quiet_budget = [float(args.max_wait)]
+        quiet = Quiet(args.max_wait)
         log("chunking alone")
-        cache.warm()
-        wait_for_quiet(quiet_budget)
+        cache.read([data])
+        quiet.wait()
         chunking = measure_chunking(data, ds.size)
 
         rows: list[Row] = []
         failures: list[str] = []
         for spec in specs:
             try:
-                rows.extend(run_tool(spec, data, ds.size, work, cache, args.repeat, quiet_budget))
+                rows.extend(run_tool(spec, data, ds.size, work, cache, args.repeat, quiet))
             except RuntimeError as exc:
                 log(f"{spec.key} FAILED: {exc}")
                 failures.append(f"{spec.key}: {exc}")
@@ -930,22 +695,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [asdict(r) for r in rows],
         "failures": failures,
     }
-    result["waited_s"] = args.max_wait - max(quiet_budget[0], 0.0)
+    result["waited_s"] = quiet.waited_s
     result["targets"] = evaluate_targets(result)
     result["total_seconds"] = time.perf_counter() - started
     return report(result, render(result), failures, out / "bench_store.json" if args.json else None)
-
-
-def report(result: dict[str, Any], text: str, failures: list[str], json_path: Path | None) -> int:
-    """Print the table and failures, write the JSON when asked; the exit code."""
-    print(text)
-    for failure in failures:
-        print(f"FAILED {failure}")
-    print(f"\n(total benchmark time {result['total_seconds']:.0f} s)")
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        log(f"wrote {json_path}")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "REGISTRY_BINARY",
@@ -177,7 +178,7 @@ def _status(url: str) -> int:
         conn.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = _STARTUP_SECONDS) -> bool:
+def wait_ready(proc: subprocess.Popen[Any], url: str, timeout: float = _STARTUP_SECONDS) -> bool:
     """Whether ``url/v2/`` answers 200 or 401 within ``timeout`` s while ``proc`` runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -190,7 +191,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = _STARTU
     return False
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
     """Terminate ``proc``, kill it after 10 s, and reap it."""
     if proc.poll() is None:
         proc.terminate()
