@@ -26,7 +26,7 @@ from chunkstore.errors import UsageError
 from chunkstore.repository import Repository
 from chunkstore.testing.crashpoints import crash_hooks, crash_point_from
 
-__all__ = ["Ctx", "parse_size", "pass_ctx"]
+__all__ = ["Ctx", "ProgressBar", "parse_size", "pass_ctx"]
 
 
 class Ctx:
@@ -94,14 +94,30 @@ class Ctx:
             self.err.print(f"[dim]{msg}[/dim]")
 
     @contextmanager
-    def bytes_progress(self, total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    def bytes_progress(self, total: int | None, label: str) -> Iterator[ProgressBar]:
+        """A bar on a terminal (nothing otherwise): call it with bytes done; ``total`` may come later."""
         if not sys.stderr.isatty():
-            yield lambda _n: None
+            yield ProgressBar(lambda _n: None, lambda _n: None)
             return
         columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=self.err, transient=True) as prog:
             task = prog.add_task(label, total=total)
-            yield lambda n: prog.advance(task, n)
+            yield ProgressBar(lambda n: prog.advance(task, n), lambda n: prog.update(task, total=n))
+
+
+class ProgressBar:
+    """``bar(n)``: ``n`` more bytes done; ``bar.set_total(n)``: the total, once it is known."""
+
+    __slots__ = ("_advance", "set_total")
+
+    def __init__(self, advance: Callable[[int], None], set_total: Callable[[int], None]) -> None:
+        """Report through ``advance`` and ``set_total``."""
+        self._advance = advance
+        self.set_total = set_total
+
+    def __call__(self, n: int) -> None:
+        """``n`` more bytes done."""
+        self._advance(n)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -70,6 +70,7 @@ def backup(
             tag,
             platform=platform,
             progress=tick,
+            progress_total=tick.set_total,
             remote=c.remote,
             keep_originals=not (accept_new_digests or no_detect),
             detect=not no_detect,
@@ -165,21 +166,42 @@ def restore(
             remote=c.remote,
             gzip_level=gzip_level,
         )
-    for item in result.skipped:
-        click.echo(f"chunkstore: skipped: {item}", err=True)
-    for note in result.notes:
-        click.echo(f"chunkstore: note: {note}", err=True)
-    info = {
-        "images": result.images,
-        "layers": result.layers,
-        "exact_layers": result.exact_layers,
-        "manifest_rewritten": result.manifest_rewritten,
-        "skipped": result.skipped,
-    }
+    for note in result.notes:  # skipped entries among them, each named once
+        c.warn(note)
+    done = result.extracted
+    if done is None:
+        c.emit(
+            {
+                "images": result.images,
+                "layers": result.layers,
+                "exact_layers": result.exact_layers,
+                "manifest_rewritten": result.manifest_rewritten,
+            },
+            f"restored {name} to {target}: {result.layers} layer(s), "
+            f"{result.exact_layers} with their original digest",
+        )
+        return
+    counts = (
+        (done.dirs, "directory", "directories"),
+        (done.symlinks, "symlink", "symlinks"),
+        (done.hardlinks, "hard link", "hard links"),
+        (done.others, "other entry", "other entries"),
+        (len(done.skipped), "entry not created", "entries not created"),
+    )
     c.emit(
-        info,
-        f"restored {name} to {target}: {result.layers} layer(s), "
-        f"{result.exact_layers} with their original digest",
+        {
+            "files": done.files,
+            "bytes": done.bytes,
+            "dirs": done.dirs,
+            "symlinks": done.symlinks,
+            "hardlinks": done.hardlinks,
+            "others": done.others,
+            "skipped": done.skipped,
+            "warnings": done.warnings,
+        },
+        f"restored {name} to {target}: {done.files} file{'' if done.files == 1 else 's'} "
+        f"({done.bytes} bytes)"
+        + "".join(f", {n} {one if n == 1 else many}" for n, one, many in counts if n),
     )
 
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def backup_image(
     platform: str | None = None,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    progress_total: Callable[[int], None] | None = None,
     remote: RemoteOptions | None = None,
     keep_originals: bool = True,
     detect: bool = True,
@@ -133,6 +135,11 @@ def backup_image(
     one platform of an OCI index or a registry image; for a docker archive it must match the
     image's; for a directory it is the platform written into the generated config (default: this
     machine's). ``remote`` says how to reach a registry (plain HTTP, credentials).
+
+    ``progress(n)``: ``n`` more bytes of layer blobs read, as the source holds them (a layer
+    already stored counts whole at once); ``progress_total(n)``: called once, as soon as the
+    manifests are read, with the sum of their layer sizes. A ``dir:`` source has no manifest: its
+    progress counts the bytes of its tar and it has no total.
     """
     if source.startswith(DOCKER_PREFIX):
         transport, path, ref = "docker", Path(), None
@@ -144,12 +151,18 @@ def backup_image(
     index_bytes: bytes | None = None
     written_before = repo.stats["bytes_written"]
     index_media_type: str | None = None
-    with ChunkStorer(repo, workers=workers, progress=progress) as storer:
+    tick = progress or _no_progress
+    total = progress_total or _no_progress
+    storer_progress = progress if transport == "dir" else None  # a tar made here, no blobs
+    with ChunkStorer(repo, workers=workers, progress=storer_progress) as storer:
         if transport == "oci":
             layout = OCILayout(path)
             images = layout.resolve(ref, platform)
+            total(_layer_bytes(images))
             for image in images:
-                entries.append(_backup_one(repo, image, layout.open_blob, storer, result, exact))
+                entries.append(
+                    _backup_one(repo, image, layout.open_blob, tick, storer, result, exact)
+                )
             index_desc = _outer_index(images, platform)
             if index_desc is not None:
                 index_bytes = layout.read_blob(index_desc, MAX_MANIFEST_SIZE)
@@ -158,11 +171,12 @@ def backup_image(
             reference = parse_docker_reference(source)
             with RegistrySource(open_client(reference, remote), reference) as registry:
                 images = registry.resolve(platform)
+                total(_layer_bytes(images))
                 for image in images:
                     # Layers already stored are reused before their blob is ever opened, so
                     # they are not downloaded (RegistrySource fetches a layer on first open).
                     entries.append(
-                        _backup_one(repo, image, registry.open_blob, storer, result, exact)
+                        _backup_one(repo, image, registry.open_blob, tick, storer, result, exact)
                     )
                 index_desc = _outer_index(images, platform)
                 if index_desc is not None:
@@ -172,7 +186,10 @@ def backup_image(
             with DockerArchive(path) as archive:
                 image = archive.resolve(ref)
                 _check_platform(image, platform, source)
-                entries.append(_backup_one(repo, image, archive.open_blob, storer, result, exact))
+                total(_layer_bytes([image]))
+                entries.append(
+                    _backup_one(repo, image, archive.open_blob, tick, storer, result, exact)
+                )
         else:
             entries.append(_backup_dir(repo, path, platform, storer, result))
         result.images = len(entries)
@@ -204,6 +221,26 @@ def _outer_index(images: list[ImageRef], platform: str | None) -> Descriptor | N
 
 
 _OpenBlob = Callable[[Descriptor], Any]
+
+
+def _no_progress(_n: int) -> None:
+    """Progress nobody watches."""
+
+
+def _layer_bytes(images: list[ImageRef]) -> int:
+    """What the progress of a backup of ``images`` counts to: every layer blob's size."""
+    return sum(desc.size for image in images for desc in image.layers)
+
+
+def _counted(open_blob: _OpenBlob, tick: Callable[[int], None]) -> _OpenBlob:
+    """``open_blob`` whose streams report every byte read to ``tick``."""
+
+    @contextmanager
+    def opened(desc: Descriptor) -> Iterator[TeeReader]:
+        with open_blob(desc) as blob:
+            yield TeeReader(blob, lambda data: tick(len(data)))
+
+    return opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,10 +369,12 @@ def _backup_one(
     repo: Repository,
     image: ImageRef,
     open_blob: _OpenBlob,
+    tick: Callable[[int], None],
     storer: ChunkStorer,
     result: BackupResult,
     exact: _Exactness,
 ) -> ImageEntry:
+    """One image: each layer reused or ingested (``tick``: layer blob bytes read, or skipped)."""
     overlay = Overlay()
     layers: list[LayerRecord] = []
     view_notes: list[str] = []
@@ -368,8 +407,11 @@ def _backup_one(
             result.reused_layers += 1
             result.tar_bytes += previous.tar_size
             _count(result, previous, reused=True)
+            tick(desc.size)
             continue
-        layer, probed = _ingest_probed(repo, open_blob, desc, compression, storer, exact.detect)
+        layer, probed = _ingest_probed(
+            repo, _counted(open_blob, tick), desc, compression, storer, exact.detect
+        )
         if str(layer.diff_id) != want_diff:
             raise UsageError(
                 f"layer {desc.digest} decompresses to {layer.diff_id}, but the config says "

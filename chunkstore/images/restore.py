@@ -37,7 +37,7 @@ from chunkstore.backends import RemoteOptions
 from chunkstore.errors import IntegrityError, UsageError
 from chunkstore.images.decompress import Compression
 from chunkstore.images.docker_archive import write_docker_archive
-from chunkstore.images.extract import extract_tree
+from chunkstore.images.extract import ExtractResult, extract_tree
 from chunkstore.images.locations import parse_source
 from chunkstore.images.oci_layout import Descriptor, OCILayoutWriter, Platform
 from chunkstore.images.rebuild import PieceStream, rebuild_layer
@@ -70,6 +70,8 @@ class RestoreResult:
     notes: list[str] = field(default_factory=list)
     #: ``dir:`` targets: entries not created, as ``"path: reason"`` (also summarised in notes).
     skipped: list[str] = field(default_factory=list)
+    #: ``dir:`` targets: what the extraction wrote (files, directories, links, bytes).
+    extracted: ExtractResult | None = None
     #: ``docker://`` targets: blobs sent, their bytes, and blobs the registry already had.
     uploaded_blobs: int = 0
     uploaded_bytes: int = 0
@@ -140,6 +142,7 @@ def restore_image(
         preserve_owner=preserve_owner,
     )
     result.skipped = extracted.skipped
+    result.extracted = extracted
     if image.root_meta is not None:
         # The root directory's own metadata, applied last (like every directory's).
         mode, uid, gid, mtime_ns = image.root_meta
@@ -147,14 +150,14 @@ def restore_image(
         if preserve_owner and os.geteuid() == 0:
             os.chown(path, uid, gid)
         os.utime(path, ns=(mtime_ns, mtime_ns))
-    for what, items in (
-        ("entries were not created", extracted.skipped),
-        ("attributes were not restored", extracted.warnings),
+    for one, many, items in (
+        ("entry was not created", "entries were not created", extracted.skipped),
+        ("attribute was not restored", "attributes were not restored", extracted.warnings),
     ):
         if items:
             shown = "; ".join(items[:_NOTE_LIMIT])
             more = f"; and {len(items) - _NOTE_LIMIT} more" if len(items) > _NOTE_LIMIT else ""
-            result.notes.append(f"{len(items)} {what}: {shown}{more}")
+            result.notes.append(f"{len(items)} {one if len(items) == 1 else many}: {shown}{more}")
     return result
 
 
