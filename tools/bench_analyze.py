@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib.common import chunkstore_binary
+from benchlib.corpus import DEFAULT_CORPUS, read_corpus
+from benchlib.measure import Measured, run_measured
+from benchlib.report import Column, Table
+
 DEFAULT_IMAGES = [
     "bookworm-minbase",
     "bookworm-python3",
@@ -50,27 +53,25 @@ DEFAULT_IMAGES = [
 
 def _layers(oci: Path, refs: list[str]) -> list[Path]:
     """Distinct layer blob paths of the images ``refs``, in order."""
-    index = json.loads((oci / "index.json").read_text())
-    blobs = oci / "blobs" / "sha256"
     out: dict[str, Path] = {}
-    for entry in index["manifests"]:
-        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") in refs:
-            manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_bytes())
-            for layer in manifest["layers"]:
-                digest = layer["digest"].split(":")[1]
-                out.setdefault(digest, blobs / digest)
+    for image in read_corpus(oci).values():
+        if image.ref in refs:
+            for layer in image.layers:
+                out.setdefault(layer.digest, layer.path)
     return list(out.values())
 
 
-def _timed(cmd: list[str], **kw: object) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)  # type: ignore[call-overload]
-    return time.perf_counter() - start, proc
+def _timed(cmd: list[str]) -> Measured:
+    """``cmd`` run to completion and measured; raises when it fails."""
+    m = run_measured(cmd)
+    if m.returncode != 0:
+        raise subprocess.CalledProcessError(m.returncode, cmd, m.stdout, m.stderr)
+    return m
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=Path, default=Path("/var/tmp/chunkstore-corpus"))
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--images", nargs="+", default=DEFAULT_IMAGES)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-casync", action="store_true")
@@ -79,18 +80,17 @@ def main() -> int:
     oci = args.corpus / "oci"
     if not oci.is_dir():
         sys.exit(f"no corpus at {oci}: run tools/build_corpus first")
-    exe = str(ROOT / ".venv" / "bin" / "chunkstore")
+    exe = chunkstore_binary()
     sources = [f"oci:{oci}:{ref}" for ref in args.images]
     rows: list[dict[str, object]] = []
-    doc: dict[str, object] = {}
+    doc: dict[str, Any] = {}
     for label, sizes in (("analyze 64K", "64K"), ("analyze sweep", "16K,64K,256K,1M")):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        seconds, proc = _timed(
+        m = _timed(
             [exe, "analyze", *sources, "--json", "--chunk-sizes", sizes,
              "--workers", str(args.workers)]
         )  # fmt: skip
-        rss = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-        doc = json.loads(proc.stdout)
+        seconds, rss = m.seconds, m.rss_kib
+        doc = json.loads(m.stdout)
         tar = doc["totals"]["tar_bytes"]
         rows.append(
             {
@@ -102,13 +102,13 @@ def main() -> int:
                 "peak_rss_mib": round(rss / 1024),
             }
         )
-    distinct_tar = int(doc["totals"]["layer_level_tar_bytes"])  # type: ignore[index]
+    distinct_tar = int(doc["totals"]["layer_level_tar_bytes"])
     layers = _layers(oci, args.images)
     script = 'gzip -dc "$1" | sha256sum >/dev/null'
-    seconds, _ = _timed(
+    seconds = _timed(
         ["xargs", "-P", str(args.workers), "-n", "1", "sh", "-c", script, "sh",
          *[str(p) for p in layers]]
-    )  # fmt: skip
+    ).seconds  # fmt: skip
     rows.append(
         {
             "tool": "gzip -dc | sha256sum",
@@ -121,14 +121,10 @@ def main() -> int:
     tars = [t for t in tars if t.is_file()]
     if not args.no_casync and shutil.which("casync") and tars:
         with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
-            start = time.perf_counter()
+            seconds = 0.0
             for i, tar in enumerate(tars):
-                subprocess.run(
-                    ["casync", "make", f"--store={tmp}/store", f"{tmp}/{i}.caibx", str(tar)],
-                    check=True,
-                    capture_output=True,
-                )
-            seconds = time.perf_counter() - start
+                cmd = ["casync", "make", f"--store={tmp}/store", f"{tmp}/{i}.caibx", str(tar)]
+                seconds += _timed(cmd).seconds
         total = sum(t.stat().st_size for t in tars)
         rows.append(
             {
@@ -144,16 +140,30 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'tool':40} {'seconds':>8} {'MB':>8} {'MB/s':>8} {'x gzip|sha':>10}  notes")
+    table = Table(
+        [
+            Column("tool", 40),
+            Column("seconds", 8, ">"),
+            Column("MB", 8, ">"),
+            Column("MB/s", 8, ">"),
+            Column("x gzip|sha", 10, ">"),
+            Column("notes", sep="  "),
+        ]
+    )
     for r in rows:
         notes = []
         if "distinct_layer_mb_s" in r:
             notes.append(f"distinct layers {r['distinct_layer_mb_s']} MB/s")
             notes.append(f"peak RSS {r['peak_rss_mib']} MiB")
-        print(
-            f"{r['tool']!s:40} {r['seconds']!s:>8} {int(str(r['bytes'])) / 1e6:8.0f} "
-            f"{r['mb_s']!s:>8} {r['vs_gzip_sha256']!s:>10}  {', '.join(notes)}"
+        table.row(
+            str(r["tool"]),
+            str(r["seconds"]),
+            f"{int(str(r['bytes'])) / 1e6:.0f}",
+            str(r["mb_s"]),
+            str(r["vs_gzip_sha256"]),
+            ", ".join(notes),
         )
+    print("\n".join(table.text(rule=False)))
     return 0
 
 

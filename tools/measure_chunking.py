@@ -32,7 +32,6 @@ import datetime as dt
 import gzip
 import hashlib
 import io
-import json
 import os
 import platform
 import sys
@@ -44,6 +43,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
+from benchlib.common import log
+from benchlib.corpus import order_refs, read_corpus
+from benchlib.report import markdown_table
 
 from chunkstore.chunker import Chunker, ChunkerParams
 from chunkstore.compress import Compressor
@@ -63,7 +65,6 @@ PREFERRED_ORDER = [
     "bookworm-python3-layered",
     "trixie-minbase",
 ]
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
 SIZE_BUCKETS = [
     (1, 4 * KIB, "< 4 KiB"),
     (4 * KIB, 16 * KIB, "4-16 KiB"),
@@ -94,6 +95,7 @@ class Layer:
     digest: str
     media_type: str
     blob_size: int  # as stored (gzip'd) in the layout
+    path: Path
 
 
 @dataclass
@@ -104,23 +106,17 @@ class Image:
 
 
 def read_layout(layout: Path) -> list[Image]:
-    index = json.loads((layout / "index.json").read_text())
-    images = []
-    for desc in index.get("manifests", []):
-        ref = (desc.get("annotations") or {}).get(REF_ANNOTATION)
-        if not ref or ref.startswith("tmp-"):
-            continue
-        manifest = json.loads(blob_path(layout, desc["digest"]).read_text())
-        layers = [Layer(d["digest"], d["mediaType"], d["size"]) for d in manifest["layers"]]
-        images.append(Image(ref, desc["digest"], layers))
-    rank = {ref: i for i, ref in enumerate(PREFERRED_ORDER)}
-    images.sort(key=lambda im: (rank.get(im.ref, len(rank)), im.ref))
-    return images
-
-
-def blob_path(layout: Path, digest: str) -> Path:
-    algo, _, hexpart = digest.partition(":")
-    return layout / "blobs" / algo / hexpart
+    """The layout's images (``tmp-*`` refs left out), in PREFERRED_ORDER, then by ref."""
+    found = read_corpus(layout)
+    refs = order_refs([r for r in found if not r.startswith("tmp-")], PREFERRED_ORDER)
+    return [
+        Image(
+            ref,
+            found[ref].manifest_digest,
+            [Layer(la.digest, la.media_type, la.size, la.path) for la in found[ref].layers],
+        )
+        for ref in refs
+    ]
 
 
 class _TarTee(io.RawIOBase):
@@ -167,7 +163,7 @@ def iter_files(
     layout: Path, layer: Layer, level: int | None
 ) -> Iterable[tuple[str, bytes] | _TarTee]:
     """(path, content) of each regular file of the layer; finally the tee with the tar counts."""
-    with open(blob_path(layout, layer.digest), "rb") as raw:
+    with open(layer.path, "rb") as raw:
         tee = _TarTee(layer_stream(raw, layer.media_type), level)
         buffered = io.BufferedReader(tee, MIB)
         with tarfile.open(fileobj=buffered, mode="r|") as tar:
@@ -479,11 +475,10 @@ def mib2(n: float) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A Markdown table; ``align`` has ``l`` or ``r`` per column (default: first left)."""
     align = align or "l" + "r" * (len(headers) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join(markdown_table(headers, rows, rule, padded=True))
 
 
 def method_rows(tot: dict[str, Totals], overhead: int, ref_label: str) -> list[list[str]]:
@@ -596,12 +591,11 @@ def main() -> int:
     per_image: dict[str, list[LayerStats]] = {}
     for im in images:
         per_image[im.ref] = [m.layer(layer) for layer in im.layers]
-        print(
+        log(
             f"read {im.ref}: {len(im.layers)} layer(s), "
             f"{sum(s.files for s in per_image[im.ref]):,} files, "
             f"{mib(sum(s.file_bytes for s in per_image[im.ref]))} MiB "
-            f"({time.perf_counter() - started:.0f} s)",
-            file=sys.stderr,
+            f"({time.perf_counter() - started:.0f} s)"
         )
 
     out: list[str] = []
@@ -842,7 +836,7 @@ def main() -> int:
     emit()
 
     ref_img = next((im for im in images if im.ref == args.throughput_ref), images[0])
-    print(f"throughput on {ref_img.ref} ({args.repeat} runs)...", file=sys.stderr)
+    log(f"throughput on {ref_img.ref} ({args.repeat} runs)...")
     nfiles, nbytes, tp = throughput(layout, ref_img.layers[0], args.repeat)
     emit("## Throughput (one core)")
     emit()
@@ -896,7 +890,7 @@ def main() -> int:
     tmp = args.out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(out) + "\n")
     tmp.replace(args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
+    log(f"wrote {args.out}")
     return 0
 
 

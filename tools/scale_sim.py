@@ -33,15 +33,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchlib.measure import measure_call
+from benchlib.report import markdown_table
 
-from chunkstore.backends.base import FileType, Handle  # noqa: E402
-from chunkstore.backends.local import LocalBackend  # noqa: E402
-from chunkstore.blob import BlobType, PackEntry  # noqa: E402
-from chunkstore.packindex import INDEX_MAX_BLOBS, IndexedPack, IndexFile, encode_index  # noqa: E402
-from chunkstore.repository import Repository  # noqa: E402
-from index.ids import Digest  # noqa: E402
+from chunkstore.backends.base import FileType, Handle
+from chunkstore.backends.local import LocalBackend
+from chunkstore.blob import BlobType, PackEntry
+from chunkstore.packindex import INDEX_MAX_BLOBS, IndexedPack, IndexFile, encode_index
+from chunkstore.repository import Repository
+from index.ids import Digest
 
 BLOB = 64 * 1024
 STORED = BLOB + 29  # a stored (incompressible) blob: frame byte + a little
@@ -112,9 +112,8 @@ def phase(args: argparse.Namespace) -> None:
     cache = root / ".cache"
     if args.phase == "open":
         shutil.rmtree(cache, ignore_errors=True)
-        t = time.perf_counter()
-        repo = Repository.open(LocalBackend(root), cache_dir=cache)
-        out = {"s": time.perf_counter() - t, "rss": _rss_mib(), "blobs": len(repo.index)}
+        repo, opened = measure_call(lambda: Repository.open(LocalBackend(root), cache_dir=cache))
+        out = {"s": opened.seconds, "rss": opened.rss_kib / 1024, "blobs": len(repo.index)}
     elif args.phase == "lookup":
         repo = Repository.open(LocalBackend(root), cache_dir=cache)
         rng = random.Random(5)
@@ -131,9 +130,8 @@ def phase(args: argparse.Namespace) -> None:
 
         repo = Repository.open(LocalBackend(root), cache_dir=cache)
         base = _rss_mib()
-        t = time.perf_counter()
-        report = prune(repo, dry_run=True)
-        out = {"s": time.perf_counter() - t, "rss": _rss_mib(), "rss_before": base}
+        report, planned = measure_call(lambda: prune(repo, dry_run=True))
+        out = {"s": planned.seconds, "rss": planned.rss_kib / 1024, "rss_before": base}
         assert report.packs_deleted == args.packs, report
     repo.close()
     print(json.dumps(out))
@@ -189,17 +187,23 @@ def main() -> None:
         print(json.dumps(asdict(r)), flush=True)
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
-    print(
-        "\n| blobs | packs | index files | index MiB | open s | open RSS MiB | lookups/s |"
-        " prune plan s | prune RSS MiB |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(
-            f"| {r.blobs:,} | {r.packs:,} | {r.index_files} | {r.index_bytes / 2**20:.0f} |"
-            f" {r.open_s} | {r.open_rss_mib} | {r.lookups_per_s:,} | {r.prune_plan_s} |"
-            f" {r.prune_rss_mib} |"
-        )
+    headers = ["blobs", "packs", "index files", "index MiB", "open s", "open RSS MiB"]
+    headers += ["lookups/s", "prune plan s", "prune RSS MiB"]
+    rows = [
+        [
+            f"{r.blobs:,}",
+            f"{r.packs:,}",
+            str(r.index_files),
+            f"{r.index_bytes / 2**20:.0f}",
+            str(r.open_s),
+            str(r.open_rss_mib),
+            f"{r.lookups_per_s:,}",
+            str(r.prune_plan_s),
+            str(r.prune_rss_mib),
+        ]
+        for r in results
+    ]
+    print("\n" + "\n".join(markdown_table(headers, rows, ["---:"] * len(headers))))
 
 
 if __name__ == "__main__":

@@ -74,14 +74,14 @@ class Table:
             parts.append(("" if i == 0 else col.sep) + f"{cell:{col.align}{col.width}}")
         return "".join(parts)
 
-    def text(self) -> list[str]:
-        """Header line(s), a rule as long as the first, the rows and notes."""
+    def text(self, *, rule: bool = True) -> list[str]:
+        """Header line(s), a rule as long as the first (unless not ``rule``), rows and notes."""
         depth = max(len(c.headers) for c in self.columns)
         heads = [
             self._line([c.headers[i] if i < len(c.headers) else "" for c in self.columns])
             for i in range(depth)
         ]
-        out = [heads[0], *heads[1:], "-" * len(heads[0])]
+        out = [heads[0], *heads[1:], *(["-" * len(heads[0])] if rule else [])]
         for line in self.lines:
             out.append(line if isinstance(line, str) else self._line(line))
         return out
