@@ -13,6 +13,7 @@ from pathlib import Path
 import nacl.secret
 
 from chunkstore import crypto
+from chunkstore.backends.base import FileType, Handle
 from chunkstore.blob import BlobType
 from chunkstore.codec import BlobCodec
 from chunkstore.config import RepoConfig
@@ -199,7 +200,6 @@ def _stream_record() -> bytes:
 
 def _file_vectors() -> list[str]:
     """Records (plain and encrypted files), recipe parts, locks and a zstd frame."""
-    from chunkstore.backends.base import FileType, Handle
     from chunkstore.lock import LockInfo, _encode
     from index.recipe import Content, ContentLists, RecipeBuilder
 
@@ -274,7 +274,6 @@ def _file_vectors() -> list[str]:
 
 def _image_tag_vectors() -> list[str]:
     """The manifests of an image tag (section 10a), and their split above 8,000 files."""
-    from chunkstore.backends.base import FileType, Handle
     from chunkstore.backends.registry import image_tag_manifests
 
     rec = sha256(b"record file")
@@ -308,9 +307,7 @@ def _image_tag_vectors() -> list[str]:
     return out
 
 
-def _split_file(i: int) -> tuple[object, ...]:
-    from chunkstore.backends.base import FileType, Handle
-
+def _split_file(i: int) -> tuple[Handle, Digest, int]:
     d = sha256(i.to_bytes(8, "big"))
     return (Handle(FileType.PACK, d.raw.hex()), d, 1000 + i)
 
