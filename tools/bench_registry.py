@@ -99,8 +99,6 @@ BLOBS_DIR = Path("docker/registry/v2/blobs")
 # Targets of the issue.
 TARGET_SPEED_RATIO = 1.5
 TARGET_REBUILT_BYTES_FRACTION = 0.05
-# The rebuilt image and its original (the first pair of REBUILT_PAIRS the corpus has; set by main).
-REBUILT, REBUILT_BASE = REBUILT_PAIRS[0]
 
 TOOLS = ("chunkstore", "skopeo")
 ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
@@ -396,12 +394,12 @@ def _total(pushes: list[Push], tool: str, phase: str) -> dict[str, Any]:
     return out
 
 
-def summarize(pushes: list[Push]) -> dict[str, Any]:
-    """Per tool and phase totals, the rebuilt push of each tool, the two ratios."""
+def summarize(pushes: list[Push], rebuilt: str, base: str) -> dict[str, Any]:
+    """Per tool and phase totals, the push of ``rebuilt`` (after ``base``), the two ratios."""
     totals = {f"{t}/{ph}": _total(pushes, t, ph) for t in TOOLS for ph in ("corpus", "rebuilt")}
     second = {
         t: next(
-            (asdict(p) for p in pushes if (p.tool, p.phase, p.image) == (t, "rebuilt", REBUILT)),
+            (asdict(p) for p in pushes if (p.tool, p.phase, p.image) == (t, "rebuilt", rebuilt)),
             None,
         )
         for t in TOOLS
@@ -416,6 +414,8 @@ def summarize(pushes: list[Push]) -> dict[str, Any]:
         stored_frac = c2["stored"] / s2["stored"] if s2["stored"] else None
     return {
         "totals": totals,
+        "rebuilt_image": rebuilt,
+        "rebuilt_base": base,
         "rebuilt_push": second,
         "inits": inits,
         "speed_ratio": speed,
@@ -441,7 +441,8 @@ def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
     c2, s2 = summary["rebuilt_push"]["chunkstore"], summary["rebuilt_push"]["skopeo"]
     out.append(
         {
-            "name": f"{REBUILT} after {REBUILT_BASE}: bytes sent <= 5% of skopeo's",
+            "name": f"{summary['rebuilt_image']} after {summary['rebuilt_base']}: "
+            "bytes sent <= 5% of skopeo's",
             "value": "-"
             if frac is None
             else f"{frac:.2%} ({c2['sent'] / MB:.2f} MB vs skopeo {s2['sent'] / MB:.2f} MB)",
@@ -529,7 +530,7 @@ def render_run(run: dict[str, Any], number: int) -> str:
     lines += target_lines(run["targets"], 72)
     if s["rebuilt_stored_fraction"] is not None:
         lines.append(
-            f"        (registry storage growth for {REBUILT}: chunkstore "
+            f"        (registry storage growth for {s['rebuilt_image']}: chunkstore "
             f"{s['rebuilt_stored_fraction']:.2%} of skopeo's)"
         )
     return "\n".join(lines)
@@ -590,12 +591,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     images = load_images(layout, args.images)
     by_ref = {i.ref: i for i in load_images(layout, None)}
-    global REBUILT, REBUILT_BASE
     pairs = [(r, b) for r, b in REBUILT_PAIRS if r in by_ref and b in by_ref]
     if not pairs:
         print("bench_registry: the corpus has no rebuilt image and its original", file=sys.stderr)
         return 2
-    REBUILT, REBUILT_BASE = pairs[0]
+    rebuilt, rebuilt_base = pairs[0]
     started = time.perf_counter()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -620,12 +620,12 @@ def main(argv: list[str] | None = None) -> int:
             pushes: list[Push] = []
             for phase, phase_images in (
                 ("corpus", images),
-                ("rebuilt", [by_ref[REBUILT_BASE], by_ref[REBUILT]]),
+                ("rebuilt", [by_ref[rebuilt_base], by_ref[rebuilt]]),
             ):
                 for tool in TOOLS:
                     pushes += run_phase(tool, phase, phase_images, ctx)
             failures += [f"{p.tool} {p.phase} {p.image}: {p.error}" for p in pushes if not p.ok]
-            summary = summarize(pushes)
+            summary = summarize(pushes, rebuilt, rebuilt_base)
             runs.append(
                 {
                     "date": date,
