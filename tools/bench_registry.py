@@ -11,15 +11,15 @@ Targets (the registry issue), measured in one run on the corpus built by ``tools
 
 Usage::
 
-    PYTHONPATH=. .venv/bin/python tools/bench_registry.py [--corpus DIR] [--out DIR]
+    .venv/bin/python tools/bench_registry.py [--corpus DIR] [--out DIR]
         [--repeat N] [--images REF ...] [--keep] [--warm] [--max-wait S]
 
 What it does, per run (``--repeat`` runs it again and reports every run):
 
 1. Phase ``corpus``: for each tool, a fresh registry (Debian's ``/usr/bin/docker-registry``,
    distribution 2.8, filesystem storage in a temporary directory, 127.0.0.1 at a free port,
-   access log on, started like ``tests/integration/registry_fixture.py`` does), so neither tool
-   benefits from the other's blobs. chunkstore: ``chunkstore --repo registry:HOST/bench init``
+   access log on, started by ``chunkstore.testing.registry_server`` like the tests' registry),
+   so neither tool benefits from the other's blobs. chunkstore: ``chunkstore --repo registry:HOST/bench init``
    (untimed, its own row), then ``chunkstore --repo registry:HOST/bench backup
    oci:CORPUS/oci:REF --tag REF`` per image, with a fresh ``--cache-dir``. skopeo: ``skopeo copy
    --dest-tls-verify=false oci:CORPUS/oci:REF docker://HOST/plain/REF:latest`` per image (one
