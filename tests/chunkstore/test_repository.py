@@ -404,7 +404,7 @@ def test_load_blob_while_another_thread_fills_its_pack(tmp_path: Path) -> None:
     repo = init(MemoryBackend(), tmp_path)
     x = data(30, 3000)
     xid = repo.save_blob(BlobType.DATA, x).id  # returned: x is saved (in an open pack)
-    submit = repo._submit
+    submit = repo.packer._submit
     parked, go = threading.Event(), threading.Event()
 
     def slow_submit(finished: Any) -> None:
@@ -413,7 +413,7 @@ def test_load_blob_while_another_thread_fills_its_pack(tmp_path: Path) -> None:
         go.wait(2)
         submit(finished)
 
-    repo._submit = slow_submit  # type: ignore[method-assign]
+    repo.packer._submit = slow_submit  # type: ignore[method-assign]
     errors: list[BaseException] = []
 
     def fill() -> None:
