@@ -5,8 +5,9 @@ file system). :meth:`Fetcher.get` finds each one in this order::
 
     memory LRU (hot chunks, a few MiB)  ->  on-disk BlobCache (verified on read)
         ->  in-flight fetch of the same id (joined, never issued twice)
-        ->  new fetch: ids grouped per pack, neighbours within ``max_gap`` coalesced (ranges.py)
-            into one ``Repository.load_blobs`` call = one ranged read, run on a worker thread
+        ->  new fetch: ``Repository.plan_reads`` locates each id once and groups them per pack,
+            neighbours within ``max_gap`` coalesced into reads of at most ``max_span`` bytes;
+            each group is one ``Repository.load_group`` call = one ranged read, on a worker thread
 
 Repository calls block (a registry read is an HTTP request), so they run on daemon worker threads:
 demand fetches and readahead on ``workers`` threads, profile prefetch on ``background_workers``
@@ -29,8 +30,9 @@ Failure behaviour:
   current index files (:meth:`Repository.sync_index`) and look the rest of its group up again,
   once; only then is it an error. This runs on the worker, inside the reader's deadline.
 
-Only blob ids and pack ids are used here: which bytes of a pack to read stays inside the
-repository (``lookup`` tells which blobs are neighbours, ``load_blobs`` reads them).
+Only blob ids are used here: where a blob sits in which pack, and which blobs are neighbours, stays
+inside the repository (``plan_reads`` decides, ``load_group`` reads); the pack index is consulted
+once per blob per fetch.
 """
 
 from __future__ import annotations
@@ -48,8 +50,7 @@ from dataclasses import dataclass
 from chunkstore.blobcache import BlobCache
 from chunkstore.errors import IntegrityError, MissingObject, Transient, UsageError
 from chunkstore.mount.stats import MountStats
-from chunkstore.ranges import coalesce
-from chunkstore.repository import Repository
+from chunkstore.repository import ReadGroup, Repository
 from index.ids import Digest
 
 __all__ = ["DEFAULT_DEADLINE", "FetchPolicy", "Fetcher"]
@@ -118,7 +119,8 @@ class _MemoryLRU:
                 self._total -= len(old)
 
 
-_Job = tuple[tuple[Digest, ...], int] | None
+#: A planned read, blobs the index did not know (to look up again), or None (stop).
+_Job = ReadGroup | tuple[Digest, ...] | None
 
 
 class Fetcher:
@@ -287,26 +289,19 @@ class Fetcher:
             self.cache.put(blob_id, data)
 
     def _schedule(self, ids: list[Digest], q: queue.Queue[_Job], max_span: int) -> None:
-        """Group ``ids`` per pack, coalesce neighbours, queue one job per coalesced read."""
-        per_pack: dict[Digest, list[tuple[int, int, Digest]]] = {}
-        unknown: list[Digest] = []
-        for blob_id in ids:
-            try:
-                loc = self.repo.lookup(blob_id)
-            except Exception as exc:  # a broken index cache: fail this blob, not the mount
-                self._settle(blob_id, None, exc)
-                continue
-            if loc is None:
-                unknown.append(blob_id)
-                continue
-            per_pack.setdefault(loc.pack_id, []).append(
-                (loc.entry.offset, loc.entry.length, blob_id)
+        """Have the repository plan the reads of ``ids``; queue one job per planned read."""
+        try:
+            plan = self.repo.plan_reads(
+                ids, max_gap=self.policy.max_gap, max_span=max_span, heal=False
             )
-        for reads in per_pack.values():
-            for span in coalesce(reads, max_gap=self.policy.max_gap, max_size=max_span):
-                q.put((tuple(item[2] for item in span.items), span.length))
-        if unknown:  # not in the index this mount knows: a worker re-reads it (see _run)
-            q.put((tuple(unknown), 0))
+        except Exception as exc:  # a broken index cache: fail these blobs, not the mount
+            for blob_id in ids:
+                self._settle(blob_id, None, exc)
+            return
+        for group in plan.groups:
+            q.put(group)
+        if plan.missing:  # not in the index this mount knows: a worker re-reads it (see _run)
+            q.put(tuple(plan.missing))
 
     # ----------------------------------------------------------------- workers
     def _worker(self, q: queue.Queue[_Job]) -> None:
@@ -317,28 +312,35 @@ class Fetcher:
             with self._lock:
                 self._busy += 1
             try:
-                self._run(*job)
+                self._run(job)
             except BaseException as exc:  # never let a worker die silently
                 log.error("fetch worker failed: %s", exc)
             finally:
                 with self._lock:
                     self._busy -= 1
 
-    def _run(self, ids: tuple[Digest, ...], span_length: int, *, resynced: bool = False) -> None:
+    def _run(self, job: ReadGroup | tuple[Digest, ...], *, resynced: bool = False) -> None:
+        """Read a planned group, or (a tuple) blobs the index did not know when planning."""
+        ids = job.ids if isinstance(job, ReadGroup) else job
         done: set[Digest] = set()
-        self.stats.add(requests=1, bytes_fetched=span_length)
+        self.stats.add(requests=1, bytes_fetched=job.length if isinstance(job, ReadGroup) else 0)
         try:
+            if not isinstance(job, ReadGroup):
+                others = f" and {len(job) - 1} other(s)" if len(job) > 1 else ""
+                raise MissingObject(
+                    f"blob {job[0].short}{others} is not in the index; run 'chunkstore check' "
+                    "(and 'chunkstore check --rebuild-index' if packs hold it)"
+                )
             # heal=False: this worker re-reads the index itself (below), and counts it.
-            reads = self.repo.load_blobs(ids, max_gap=self.policy.max_gap, heal=False)
-            for blob_id, data in reads:
+            for blob_id, data in self.repo.load_group(job, heal=False):
                 done.add(blob_id)
                 self.stats.add(chunks_fetched=1, plain_bytes_fetched=len(data))
                 self._settle(blob_id, data, None)
         except Exception as exc:
             rest = [i for i in ids if i not in done]
             if isinstance(exc, MissingObject) and not resynced and self._resync_index(exc):
-                # A prune may have moved these blobs to other packs: look them up again.
-                self._run(tuple(rest), 0, resynced=True)
+                # A prune may have moved these blobs to other packs: plan them again, once.
+                self._replan(rest)
                 return
             if isinstance(exc, IntegrityError) and len(rest) > 1:
                 log.warning(
@@ -351,6 +353,24 @@ class Fetcher:
             self.stats.add(fetch_errors=len(rest))
             for blob_id in rest:
                 self._settle(blob_id, None, exc)
+
+    def _replan(self, ids: list[Digest]) -> None:
+        """Read ``ids`` where the index merged since says they are (no further re-read)."""
+        try:
+            plan = self.repo.plan_reads(
+                ids, max_gap=self.policy.max_gap, max_span=self.policy.max_span, heal=False
+            )
+        except Exception as exc:
+            log.warning("fetch of %d blob(s) failed: %s", len(ids), exc)
+            self.stats.add(fetch_errors=len(ids))
+            for blob_id in ids:
+                self._settle(blob_id, None, exc)
+            return
+        jobs: list[ReadGroup | tuple[Digest, ...]] = list(plan.groups)
+        if plan.missing:
+            jobs.append(tuple(plan.missing))
+        for job in jobs:
+            self._run(job, resynced=True)
 
     def _resync_index(self, cause: Exception) -> bool:
         """Merge the index files published since the mount opened the repository."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from chunkstore.blob import BlobType, Location
 from chunkstore.blobcache import BlobCache
 from chunkstore.errors import IntegrityError, Transient
 from chunkstore.mount.fetch import Fetcher, FetchPolicy
+from index.ids import Digest
 from tests.mount.conftest import ImageRepo, open_gated
 
 
@@ -35,6 +38,33 @@ def test_get_coalesces_and_caches(image_repo: ImageRepo, tmp_path: Path) -> None
         assert again.get([r.id for r in refs]) == got
         assert gated.pack_loads == loads and again.stats.cache_hits == len(got)
         again.close()
+    finally:
+        fetcher.close()
+        repo.close()
+
+
+def test_a_fetch_consults_the_pack_index_once_per_blob(
+    image_repo: ImageRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, gated = image_repo.open(tmp_path)
+    refs = image_repo.chunks(repo, "usr/lib/big.bin")
+    ids = list(dict.fromkeys(r.id for r in refs))
+    consulted: Counter[Digest] = Counter()
+    lookup = repo.index.lookup
+
+    def counting(blob_id: Digest, type_: BlobType | None = None) -> Location | None:
+        consulted[blob_id] += 1
+        return lookup(blob_id, type_)
+
+    monkeypatch.setattr(repo.index, "lookup", counting)
+    # Spans small enough that the blobs travel in several planned reads.
+    fetcher = Fetcher(repo, policy=FetchPolicy(max_span=64 << 10))
+    try:
+        before = gated.pack_loads
+        got = fetcher.get(ids)
+        assert set(got) == set(ids)
+        assert consulted == Counter(ids)  # once each: the reads reuse the planner's locations
+        assert 1 < gated.pack_loads - before == fetcher.stats.requests < len(ids)
     finally:
         fetcher.close()
         repo.close()
