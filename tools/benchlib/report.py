@@ -1,8 +1,8 @@
 """What the benchmarks print: tables, target verdicts, the machine and versions, the final report.
 
-:class:`Table` renders aligned text (a header, a dashed rule, one line per row, notes between
-rows) or Markdown; :func:`target_lines` the PASS/MISS list; :func:`report` prints the text and the
-failures, and writes the JSON figures.
+:class:`Table` renders aligned text (header lines, a dashed rule, one line per row, notes between
+rows), :func:`markdown_table` a Markdown table, :func:`target_lines` the PASS/MISS list;
+:func:`report` prints the text and the failures, and writes the JSON figures.
 """
 
 from __future__ import annotations
@@ -85,13 +85,6 @@ class Table:
         for line in self.lines:
             out.append(line if isinstance(line, str) else self._line(line))
         return out
-
-    def markdown(self) -> list[str]:
-        """A Markdown table (``>`` columns right-aligned); notes are left out."""
-        heads = [" ".join(c.headers) for c in self.columns]
-        rule = ["---:" if c.align == ">" else "---" for c in self.columns]
-        rows = [list(line) for line in self.lines if not isinstance(line, str)]
-        return markdown_table(heads, rows, rule)
 
 
 def markdown_table(
