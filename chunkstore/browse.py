@@ -12,15 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from chunkstore.errors import CorruptMetadata, MissingObject, UsageError
+from chunkstore.errors import MissingObject, UsageError
 from chunkstore.reach import walk
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
-from index.errors import FormatError
 from index.ids import Digest
 from index.image import ImageBody, ImageEntry
-from index.tree import Node, NodeType, Tree, decode_tree
+from index.tree import Node, NodeType, Tree
 
 __all__ = [
     "Change",
@@ -47,10 +46,7 @@ def open_image(repo: Repository, name: str, platform: str | None = None) -> Imag
 
 
 def _tree(repo: Repository, tree_id: Digest) -> Tree:
-    try:
-        return decode_tree(repo.load_blob(tree_id))
-    except FormatError as exc:
-        raise CorruptMetadata(f"tree {tree_id.short} is invalid: {exc}") from exc
+    return repo.load_tree(tree_id)
 
 
 def _components(path: str) -> list[bytes]:

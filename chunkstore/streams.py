@@ -25,8 +25,7 @@ from chunkstore.chunker import Chunker
 from chunkstore.errors import CorruptMetadata
 from chunkstore.readable import Readable
 from chunkstore.repository import Repository
-from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, decode_chunk_list, encode_chunk_list
-from index.errors import FormatError
+from index.chunklist import MAX_ENTRIES, ChunkRef, StreamBody, encode_chunk_list
 from index.ids import Digest
 
 __all__ = [
@@ -258,10 +257,7 @@ def store_with(repo: Repository, storer: ChunkStorer, stream: Readable) -> Strea
 def read_chunk_lists(repo: Repository, body: StreamBody) -> Iterator[ChunkRef]:
     """The stream's chunk refs in order."""
     for list_id in body.lists:
-        try:
-            yield from decode_chunk_list(repo.load_blob(list_id))
-        except FormatError as exc:
-            raise CorruptMetadata(f"chunk list {list_id.short} is invalid: {exc}") from exc
+        yield from repo.load_chunk_list(list_id)
 
 
 def iter_stream(repo: Repository, body: StreamBody, *, batch: int = 64) -> Iterator[bytes]:

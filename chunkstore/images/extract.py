@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.metadata import parse_tree
 from chunkstore.repository import Repository
 from chunkstore.streams import read_chunk_lists
 from index.chunklist import ChunkRef, StreamBody
-from index.errors import FormatError
 from index.ids import Digest
-from index.tree import Node, NodeType, decode_tree
+from index.tree import Node, NodeType
 
 __all__ = ["DEFAULT_WORKERS", "ExtractResult", "extract_tree"]
 
@@ -218,12 +218,7 @@ class _Extractor:
         return fd
 
     def decode(self, data: bytes, tree_id: Digest, parts: _Parts) -> tuple[Node, ...]:
-        try:
-            return decode_tree(data).nodes
-        except FormatError as exc:
-            raise CorruptMetadata(
-                f"tree {tree_id.short} of {_show(parts)} is invalid: {exc}; refusing to extract"
-            ) from exc
+        return parse_tree(data, tree_id, where=_show(parts), hint="; refusing to extract").nodes
 
     def make_room(self, dir_fd: int, name: bytes, parts: _Parts, *, is_dir: bool) -> bool:
         """Clear the way for ``name``; True when a directory to reuse is already there."""

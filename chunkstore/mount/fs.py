@@ -47,17 +47,16 @@ import trio
 from chunkstore.errors import (
     BackendError,
     ChunkstoreError,
-    CorruptMetadata,
     IntegrityError,
     MissingObject,
     UsageError,
 )
+from chunkstore.metadata import parse_tree
 from chunkstore.mount.fetch import Fetcher
 from chunkstore.mount.reader import ExtentReader, file_size
 from chunkstore.mount.stats import MountStats
-from index.errors import FormatError
 from index.ids import Digest
-from index.tree import Node, NodeType, Tree, decode_tree
+from index.tree import Node, NodeType, Tree
 
 __all__ = ["ImageFS", "MountOptions", "serve", "to_errno"]
 
@@ -186,11 +185,7 @@ class ImageFS(pyfuse3.Operations):
 
     # ----------------------------------------------------------------- helpers
     def _load_tree(self, tree_id: Digest) -> Tree:
-        data = self.fetcher.get_one(tree_id)
-        try:
-            tree = decode_tree(data)
-        except FormatError as exc:
-            raise CorruptMetadata(f"tree {tree_id.short} is invalid: {exc}") from exc
+        tree = parse_tree(self.fetcher.get_one(tree_id), tree_id)
         self.stats.add(trees_loaded=1)
         return tree
 

@@ -29,9 +29,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.metadata import parse_chunk_list
 from chunkstore.mount.fetch import Fetcher
-from index.chunklist import ChunkRef, decode_chunk_list
-from index.errors import FormatError
+from index.chunklist import ChunkRef
 from index.tree import Extents, Node, NodeType
 
 __all__ = ["ExtentReader", "FileLayout", "file_size"]
@@ -95,10 +95,7 @@ class ExtentReader:
             blobs = self.fetcher.get(node.lists)
             refs: list[ChunkRef] = []
             for list_id in node.lists:
-                try:
-                    refs.extend(decode_chunk_list(blobs[list_id]))
-                except FormatError as exc:
-                    raise CorruptMetadata(f"chunk list {list_id.short} is invalid: {exc}") from exc
+                refs.extend(parse_chunk_list(blobs[list_id], list_id))
         else:
             refs = list(node.chunks)
         extents = Extents(refs)
