@@ -15,7 +15,7 @@ from typing import Any
 from chunkstore.errors import MissingObject, UsageError
 from chunkstore.reach import walk
 from chunkstore.repository import Repository
-from chunkstore.streams import read_chunk_lists
+from chunkstore.streams import read_chunk_lists, verified_chunks
 from index.chunklist import ChunkRef, StreamBody
 from index.ids import Digest
 from index.image import ImageBody, ImageEntry
@@ -98,14 +98,16 @@ def file_chunks(repo: Repository, node: Node) -> list[ChunkRef]:
     return list(node.chunks)
 
 
-def read_file(repo: Repository, node: Node, *, batch: int = 64) -> Iterator[bytes]:
+def read_file(repo: Repository, node: Node) -> Iterator[bytes]:
     """A regular file's bytes (each chunk verified), fetched in pack-grouped batches."""
-    refs = file_chunks(repo, node)
-    for i in range(0, len(refs), batch):
-        part = refs[i : i + batch]
-        got = dict(repo.load_blobs(r.id for r in part))
-        for r in part:
-            yield got[r.id]
+    return verified_chunks(
+        repo,
+        file_chunks(repo, node),
+        size=node.size,
+        what=node.name.decode(errors="replace"),
+        listed_by="chunk list" if node.lists else "tree",
+        sized_by="tree",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """Storing and reading byte streams: chunker -> blobs -> chunk lists, and back.
 
+Streams are read back by :func:`verified_chunks`, the one verified chunk stream (``iter_stream``,
+``browse.read_file`` and the extraction of a ``dir:`` target use it).
+
 Store pipeline (bounded memory whatever the stream size)::
 
     main thread:  chunker.chunks(stream) -> batches of ~1 MiB of chunks -> the pool
@@ -15,7 +18,7 @@ buffer and the packs being filled and stored.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -30,6 +33,7 @@ from index.ids import Digest
 
 __all__ = [
     "BATCH_BYTES",
+    "READ_BATCH_BYTES",
     "ChunkStorer",
     "Pending",
     "StoreStats",
@@ -37,11 +41,14 @@ __all__ = [
     "read_chunk_lists",
     "store_stream",
     "store_with",
+    "verified_chunks",
 ]
 
 
 #: Bytes of chunks handed to a worker at once.
 BATCH_BYTES = 1 << 20
+#: Bytes of chunks a verified read loads at once (pack-grouped, coalesced reads).
+READ_BATCH_BYTES = 8 << 20
 
 
 @dataclass(slots=True)
@@ -260,27 +267,52 @@ def read_chunk_lists(repo: Repository, body: StreamBody) -> Iterator[ChunkRef]:
         yield from repo.load_chunk_list(list_id)
 
 
-def iter_stream(repo: Repository, body: StreamBody, *, batch: int = 64) -> Iterator[bytes]:
-    """The stream's bytes, chunk by chunk, each chunk verified; fetched in pack-grouped batches."""
+def verified_chunks(
+    repo: Repository,
+    refs: Iterable[ChunkRef],
+    *,
+    size: int,
+    what: str,
+    listed_by: str = "chunk list",
+    sized_by: str = "record",
+    loaded: Mapping[Digest, bytes] | None = None,
+    batch_bytes: int = READ_BATCH_BYTES,
+) -> Iterator[bytes]:
+    """The chunks of ``refs`` in order, each verified, sized as its ref says, adding up to ``size``.
+
+    Chunks come from ``loaded`` when given (a caller that read several streams' chunks at once),
+    else from pack-grouped, coalesced reads of about ``batch_bytes`` at a time; either way every
+    chunk was decoded against its id by the repository. ``what`` names the stream in errors,
+    ``listed_by`` what gave the chunk sizes and ``sized_by`` what gave the total.
+    """
     total = 0
     pending: list[ChunkRef] = []
+    pending_bytes = 0
 
     def drain() -> Iterator[bytes]:
-        got = dict(repo.load_blobs(r.id for r in pending))
+        got = loaded if loaded is not None else dict(repo.load_blobs(r.id for r in pending))
         for r in pending:
             data = got[r.id]
             if len(data) != r.size:
                 raise CorruptMetadata(
-                    f"chunk {r.id.short} has {len(data)} bytes, list says {r.size}"
+                    f"chunk {r.id.short} of {what} has {len(data)} bytes, not {r.size}: "
+                    f"the {listed_by} says {r.size} bytes"
                 )
             yield data
         pending.clear()
 
-    for ref in read_chunk_lists(repo, body):
+    for ref in refs:
         pending.append(ref)
+        pending_bytes += ref.size
         total += ref.size
-        if len(pending) >= batch:
+        if pending_bytes >= batch_bytes:
             yield from drain()
+            pending_bytes = 0
     yield from drain()
-    if total != body.size:
-        raise CorruptMetadata(f"stream chunks add up to {total} bytes, the record says {body.size}")
+    if total != size:
+        raise CorruptMetadata(f"{what}: chunks add up to {total} bytes, the {sized_by} says {size}")
+
+
+def iter_stream(repo: Repository, body: StreamBody) -> Iterator[bytes]:
+    """The stream's bytes, chunk by chunk, each chunk verified; fetched in pack-grouped batches."""
+    return verified_chunks(repo, read_chunk_lists(repo, body), size=body.size, what="stream")

@@ -23,10 +23,11 @@ with ``O_NOFOLLOW|O_DIRECTORY``, every entry is created by a single-component na
 that fd, and names are checked again (no ``/``, NUL, ``.`` or ``..``). Symlinks in the image (even
 absolute ones or ones pointing up) are created but never traversed.
 
-Metadata: mode (setuid and setgid removed unless ``allow_special``), mtime with nanoseconds, owner
-only when running as root with ``preserve_owner``, extended attributes (``user.*`` only unless
-root; failures are reported). Whatever is not restored is listed in :attr:`ExtractResult.skipped`
-(entries) or :attr:`ExtractResult.warnings` (attributes): nothing is dropped silently.
+Metadata (extract_attrs.py): mode (setuid and setgid removed unless ``allow_special``), mtime
+with nanoseconds, owner only when running as root with ``preserve_owner``, extended attributes
+(``user.*`` only unless root; failures are reported). Whatever is not restored is listed in
+:attr:`ExtractResult.skipped` (entries) or :attr:`ExtractResult.warnings` (attributes): nothing
+is dropped silently. File content is read through ``streams.verified_chunks``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkstore.errors import CorruptMetadata, UsageError
+from chunkstore.images.extract_attrs import (
+    ExtractResult,
+    Options,
+    restored_mode,
+    show,
+    write_all,
+    write_sparse,
+    xattrs_by_path,
+    xattrs_fd,
+)
 from chunkstore.metadata import parse_tree
 from chunkstore.repository import Repository
-from chunkstore.streams import read_chunk_lists
+from chunkstore.streams import read_chunk_lists, verified_chunks
 from index.chunklist import ChunkRef, StreamBody
 from index.ids import Digest
 from index.tree import Node, NodeType
@@ -52,46 +63,13 @@ __all__ = ["DEFAULT_WORKERS", "ExtractResult", "extract_tree"]
 
 #: Worker threads writing file content (more contend for the GIL with the walk: measured).
 DEFAULT_WORKERS = 2
-_BATCH_BYTES = 8 << 20  # chunks loaded at once for one large file
 _GROUP_BYTES = 4 << 20  # a group of small files; a file this large is a group of its own
 _GROUP_FILES = 256
 _GROUP_DIRS = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 
 _Parts = tuple[bytes, ...]
-
-
-@dataclass(slots=True)
-class ExtractResult:
-    """What an extraction wrote, and what it could not."""
-
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    others: int = 0
-    bytes: int = 0
-    #: Entries not created, as ``"path: reason"``.
-    skipped: list[str] = field(default_factory=list)
-    #: Attributes not restored (owners, xattrs, special mode bits), as ``"path: what"``.
-    warnings: list[str] = field(default_factory=list)
-
-    def merge(self, other: ExtractResult) -> None:
-        """Add ``other``'s counts and messages to this result."""
-        self.files += other.files
-        self.dirs += other.dirs
-        self.symlinks += other.symlinks
-        self.hardlinks += other.hardlinks
-        self.others += other.others
-        self.bytes += other.bytes
-        self.skipped += other.skipped
-        self.warnings += other.warnings
-
-
-def _show(parts: Iterable[bytes]) -> str:
-    return os.fsdecode(b"/".join(parts)) or "."
 
 
 def _check_name(name: bytes) -> bytes:
@@ -173,13 +151,6 @@ class _LinkSet:
     waiting: list[tuple[_DirRef, bytes, _Parts]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Options:
-    allow_special: bool
-    is_root: bool
-    chown: bool
-
-
 class _Extractor:
     def __init__(
         self,
@@ -195,7 +166,7 @@ class _Extractor:
         self.root_fd = root_fd
         self.force = force
         is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.opts = _Options(allow_special, is_root, preserve_owner and is_root)
+        self.opts = Options(allow_special, is_root, preserve_owner and is_root)
         self.workers = max(1, workers)
         self.result = ExtractResult()
         self.live: set[_DirRef] = set()
@@ -218,7 +189,7 @@ class _Extractor:
         return fd
 
     def decode(self, data: bytes, tree_id: Digest, parts: _Parts) -> tuple[Node, ...]:
-        return parse_tree(data, tree_id, where=_show(parts), hint="; refusing to extract").nodes
+        return parse_tree(data, tree_id, where=show(parts), hint="; refusing to extract").nodes
 
     def make_room(self, dir_fd: int, name: bytes, parts: _Parts, *, is_dir: bool) -> bool:
         """Clear the way for ``name``; True when a directory to reuse is already there."""
@@ -234,7 +205,7 @@ class _Extractor:
             if is_dir:
                 return True
             raise UsageError(
-                f"{_show(parts)} is a directory in the destination but not in the image; "
+                f"{show(parts)} is a directory in the destination but not in the image; "
                 "remove it or restore into an empty directory"
             )
         os.unlink(name, dir_fd=dir_fd)
@@ -371,9 +342,9 @@ class _Extractor:
             os.symlink(node.target, name, dir_fd=fd)
             self.result.symlinks += 1
             self.owner_and_time(fd, name, node)
-            _xattrs_by_path(fd, name, path, node, self.opts, self.result)
+            xattrs_by_path(fd, name, path, node, self.opts, self.result)
         elif t == NodeType.FIFO:
-            os.mkfifo(name, _mode(path, node.mode, self.opts, self.result), dir_fd=fd)
+            os.mkfifo(name, restored_mode(path, node.mode, self.opts, self.result), dir_fd=fd)
             self.result.others += 1
             self.special_meta(fd, name, path, node)
         elif t in (NodeType.CHAR_DEVICE, NodeType.BLOCK_DEVICE):
@@ -382,7 +353,7 @@ class _Extractor:
             if not (self.opts.allow_special and self.opts.is_root):
                 need = "allow_special" if self.opts.is_root else "root and allow_special"
                 self.result.skipped.append(
-                    f"{_show(path)}: {kind} device {node.dev[0]},{node.dev[1]} not created "
+                    f"{show(path)}: {kind} device {node.dev[0]},{node.dev[1]} not created "
                     f"(needs {need})"
                 )
                 return
@@ -391,7 +362,7 @@ class _Extractor:
             self.result.others += 1
             self.special_meta(fd, name, path, node)
         else:  # pragma: no cover - NodeType is closed; files and directories are handled above
-            raise CorruptMetadata(f"{_show(path)} has an unexpected node type {t!r}")
+            raise CorruptMetadata(f"{show(path)} has an unexpected node type {t!r}")
 
     def link(self, fd: int, name: bytes, path: _Parts, first: _Parts) -> None:
         src_fd = self.open_dir(first[:-1])
@@ -399,7 +370,7 @@ class _Extractor:
             os.link(first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
         except OSError as exc:
             raise UsageError(
-                f"cannot hard-link {_show(path)} to {_show(first)}: {exc.strerror}"
+                f"cannot hard-link {show(path)} to {show(first)}: {exc.strerror}"
             ) from None
         finally:
             os.close(src_fd)
@@ -418,17 +389,17 @@ class _Extractor:
             os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):  # pragma: no cover - only a concurrent writer could do this
-            raise UsageError(f"{_show(path)} was replaced while it was being restored")
-        os.chmod(name, _mode(path, node.mode, self.opts, self.result), dir_fd=fd)
-        _xattrs_by_path(fd, name, path, node, self.opts, self.result)
+            raise UsageError(f"{show(path)} was replaced while it was being restored")
+        os.chmod(name, restored_mode(path, node.mode, self.opts, self.result), dir_fd=fd)
+        xattrs_by_path(fd, name, path, node, self.opts, self.result)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def finish_dir(self, fd: int, parts: _Parts, node: Node) -> None:
         """A directory's own metadata, once everything inside it exists."""
         if self.opts.chown:
             os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, _mode(parts, node.mode, self.opts, self.result))
-        _xattrs_fd(fd, parts, node, self.opts, self.result)
+        os.fchmod(fd, restored_mode(parts, node.mode, self.opts, self.result))
+        xattrs_fd(fd, parts, node, self.opts, self.result)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
@@ -438,7 +409,7 @@ def _open_sub(fd: int, name: bytes, parts: _Parts, *, close_parent: bool) -> int
         nxt = os.open(_check_name(name), _DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
         raise UsageError(
-            f"cannot open {_show(parts)} in the destination as a directory: {exc.strerror}"
+            f"cannot open {show(parts)} in the destination as a directory: {exc.strerror}"
         ) from None
     if close_parent:
         os.close(fd)
@@ -476,7 +447,7 @@ class _TreeCache:
 class _GroupWriter:
     """Writes one group of files (in a worker thread); returns what it did."""
 
-    def __init__(self, repo: Repository, opts: _Options, group: _Group) -> None:
+    def __init__(self, repo: Repository, opts: Options, group: _Group) -> None:
         self.repo = repo
         self.opts = opts
         self.group = group
@@ -486,69 +457,33 @@ class _GroupWriter:
         files = self.group.files
         if len(files) == 1 and (files[0].node.lists or files[0].node.size >= _GROUP_BYTES):
             job = files[0]
-            self.write(job, self.stream(job))
+            node = job.node
+            refs: Iterable[ChunkRef] = (
+                read_chunk_lists(self.repo, StreamBody(node.size, node.lists))
+                if node.lists
+                else node.chunks
+            )
+            self.write(job, self.chunks(job, refs, None))
         else:
             ids = [ref.id for job in files for ref in job.node.chunks]
             got = dict(self.repo.load_blobs(ids)) if ids else {}
             for job in files:
-                self.write(job, self.pieces(job, job.node.chunks, got))
+                self.write(job, self.chunks(job, job.node.chunks, got))
         return self.result
 
-    def pieces(
-        self, job: _FileJob, refs: Iterable[ChunkRef], got: dict[Digest, bytes]
+    def chunks(
+        self, job: _FileJob, refs: Iterable[ChunkRef], got: dict[Digest, bytes] | None
     ) -> Iterator[bytes]:
-        """The file's chunks in order from ``got``, each size checked, then the total."""
-        total = 0
-        for ref in refs:
-            data = got[ref.id]
-            if len(data) != ref.size:
-                raise CorruptMetadata(
-                    f"chunk {ref.id.short} of {_show(job.path)} has {len(data)} bytes, "
-                    f"not {ref.size}"
-                )
-            total += ref.size
-            yield data
-        if total != job.node.size:
-            raise CorruptMetadata(
-                f"{_show(job.path)}: chunks add up to {total} bytes, the tree says {job.node.size}"
-            )
-
-    def stream(self, job: _FileJob) -> Iterator[bytes]:
-        """A large file's chunks, loaded in batches of about 8 MiB."""
-        node = job.node
-        refs: Iterator[ChunkRef] = (
-            read_chunk_lists(self.repo, StreamBody(node.size, node.lists))
-            if node.lists
-            else iter(node.chunks)
+        """The file's verified chunks in order: from ``got``, or read in batches of 8 MiB."""
+        return verified_chunks(
+            self.repo,
+            refs,
+            size=job.node.size,
+            what=show(job.path),
+            listed_by="chunk list" if job.node.lists else "tree",
+            sized_by="tree",
+            loaded=got,
         )
-        pending: list[ChunkRef] = []
-        pending_bytes = 0
-        total = 0
-
-        def drain() -> Iterator[bytes]:
-            got = dict(self.repo.load_blobs(r.id for r in pending))
-            for ref in pending:
-                data = got[ref.id]
-                if len(data) != ref.size:
-                    raise CorruptMetadata(
-                        f"chunk {ref.id.short} of {_show(job.path)} has {len(data)} bytes, "
-                        f"not {ref.size}"
-                    )
-                yield data
-            pending.clear()
-
-        for ref in refs:
-            pending.append(ref)
-            pending_bytes += ref.size
-            total += ref.size
-            if pending_bytes >= _BATCH_BYTES:
-                yield from drain()
-                pending_bytes = 0
-        yield from drain()
-        if total != node.size:
-            raise CorruptMetadata(
-                f"{_show(job.path)}: chunks add up to {total} bytes, the tree says {node.size}"
-            )
 
     def write(self, job: _FileJob, pieces: Iterator[bytes]) -> None:
         node = job.node
@@ -556,94 +491,18 @@ class _GroupWriter:
         try:
             if node.sparse is None:
                 for piece in pieces:
-                    _write_all(out, piece, None)
+                    write_all(out, piece, None)
             else:
-                _write_sparse(out, node, pieces)
+                write_sparse(out, node, pieces)
             if self.opts.chown:
                 os.fchown(out, node.uid, node.gid)
-            os.fchmod(out, _mode(job.path, node.mode, self.opts, self.result))
-            _xattrs_fd(out, job.path, node, self.opts, self.result)
+            os.fchmod(out, restored_mode(job.path, node.mode, self.opts, self.result))
+            xattrs_fd(out, job.path, node, self.opts, self.result)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
         finally:
             os.close(out)
         self.result.files += 1
         self.result.bytes += node.size
-
-
-def _write_sparse(out: int, node: Node, pieces: Iterator[bytes]) -> None:
-    assert node.sparse is not None
-    segments = iter(node.sparse.segments)
-    offset, left = 0, 0
-    for piece in pieces:
-        view = memoryview(piece)
-        while view:
-            while left == 0:
-                offset, left = next(segments)
-            n = min(left, len(view))
-            _write_all(out, view[:n], offset)
-            view, offset, left = view[n:], offset + n, left - n
-    os.ftruncate(out, node.sparse.realsize)
-
-
-# -- metadata helpers (called from the walk and from workers, each with its own result) ---------
-
-
-def _mode(path: _Parts, mode: int, opts: _Options, res: ExtractResult) -> int:
-    if mode & _SPECIAL_BITS and not opts.allow_special:
-        res.warnings.append(
-            f"{_show(path)}: setuid/setgid bits of mode {mode:04o} removed "
-            "(allow_special keeps them)"
-        )
-        return mode & ~_SPECIAL_BITS
-    return mode
-
-
-def _xattr_allowed(path: _Parts, key: bytes, opts: _Options, res: ExtractResult) -> bool:
-    if opts.is_root or key.startswith(b"user."):
-        return True
-    res.warnings.append(
-        f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored (needs root)"
-    )
-    return False
-
-
-def _xattrs_fd(fd: int, path: _Parts, node: Node, opts: _Options, res: ExtractResult) -> None:
-    for key, value in node.xattrs:
-        if not _xattr_allowed(path, key, opts, res):
-            continue
-        try:
-            os.setxattr(fd, key, value)
-        except OSError as exc:
-            res.warnings.append(
-                f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: {exc.strerror}"
-            )
-
-
-def _xattrs_by_path(
-    fd: int, name: bytes, path: _Parts, node: Node, opts: _Options, res: ExtractResult
-) -> None:
-    # setxattr has no dir_fd form: go through the directory's /proc fd link (the final
-    # component is not followed).
-    for key, value in node.xattrs:
-        if not _xattr_allowed(path, key, opts, res):
-            continue
-        try:
-            os.setxattr(
-                os.fsencode(f"/proc/self/fd/{fd}/") + name, key, value, follow_symlinks=False
-            )
-        except OSError as exc:
-            res.warnings.append(
-                f"{_show(path)}: extended attribute {os.fsdecode(key)} not restored: {exc.strerror}"
-            )
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int | None) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
 
 
 def extract_tree(
