@@ -27,7 +27,7 @@ Failure behaviour:
 * **A moved blob**: the mount takes no repository lock, so a prune may repack the blobs it reads
   into new packs and delete the old ones. A blob the index does not know, or whose pack is gone
   (``MissingObject``, which includes ``NotFound``), makes the worker merge the repository's
-  current index files (:meth:`Repository.sync_index`) and look the rest of its group up again,
+  current index files (:meth:`Repository.sync_index`) and plan the rest of its group again,
   once; only then is it an error. This runs on the worker, inside the reader's deadline.
 
 Only blob ids are used here: where a blob sits in which pack, and which blobs are neighbours, stays
