@@ -33,6 +33,8 @@ def test_get_coalesces_and_caches(image_repo: ImageRepo, tmp_path: Path) -> None
         # Neighbouring chunks travel in one coalesced read.
         assert gated.pack_loads - before == fetcher.stats.requests < len(refs) // 4
         assert fetcher.stats.chunks_fetched == len({r.id for r in refs})
+        # A waiting read is answered before the disk cache is written: let the workers finish.
+        assert fetcher.wait_idle(10)
         loads = gated.pack_loads
         again = Fetcher(repo, cache)  # a second mount sharing the cache
         assert again.get([r.id for r in refs]) == got
