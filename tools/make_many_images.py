@@ -141,7 +141,7 @@ def _top_layer(base: BaseImage, i: int, changed: int, unique: int) -> bytes:
     """The tar of variant ``i``'s own layer (deterministic)."""
     rng = random.Random(i)
     ref = variant_ref(i)
-    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    entries: list[tuple[tarfile.TarInfo, bytes]] = []
     for info, data in rng.sample(list(base.files), min(changed, len(base.files))):
         body = bytearray(data)
         at = rng.randrange(0, max(1, len(body) - 64))
@@ -151,10 +151,10 @@ def _top_layer(base: BaseImage, i: int, changed: int, unique: int) -> bytes:
         new.size = len(body)
         entries.append((new, bytes(body)))
     app = f"opt/app-{i:04d}"
-    for name, data in (("etc/variant", f"{ref}\n".encode()), (f"{app}/app.bin", None)):
+    own = (("etc/variant", f"{ref}\n".encode()), (f"{app}/app.bin", _content(rng, unique, ref)))
+    for name, payload in own:
         info = tarfile.TarInfo(name)
         info.mode, info.mtime = 0o644, 1_700_000_000 + i
-        payload = data if data is not None else _content(rng, unique, ref)
         info.size = len(payload)
         entries.append((info, payload))
     needed: set[str] = set()
@@ -165,17 +165,17 @@ def _top_layer(base: BaseImage, i: int, changed: int, unique: int) -> bytes:
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in sorted(needed):
             have = base.dirs.get(d)
-            info = tarfile.TarInfo(d)
-            info.type = tarfile.DIRTYPE
+            dinfo = tarfile.TarInfo(d)
+            dinfo.type = tarfile.DIRTYPE
             if have is not None:
-                info.mode, info.uid, info.gid, info.mtime = (
+                dinfo.mode, dinfo.uid, dinfo.gid, dinfo.mtime = (
                     have.mode, have.uid, have.gid, have.mtime,
                 )  # fmt: skip
             else:
-                info.mode, info.mtime = 0o755, 1_700_000_000 + i
-            tar.addfile(info)
+                dinfo.mode, dinfo.mtime = 0o755, 1_700_000_000 + i
+            tar.addfile(dinfo)
         for info, payload in sorted(entries, key=lambda e: e[0].name):
-            tar.addfile(info, io.BytesIO(payload or b""))
+            tar.addfile(info, io.BytesIO(payload))
     return out.getvalue()
 
 
