@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Image benchmark: ``chunkstore backup``/``restore`` of the Debian corpus against restic and borg.
+"""Image benchmark: ``chunkstore backup``/``restore``/``analyze`` of the Debian corpus, against restic
+and borg in the same run.
 
-Targets (the image issue), all measured in one run on the corpus built by ``tools/build_corpus``:
+Targets (the image issue and issue 12), all measured in one run on the corpus built by
+``tools/build_corpus``:
 
-* backup throughput >= 2x ``restic backup`` of the same images' root filesystems;
+* backup throughput >= 2x ``restic backup`` of the same images' root filesystems, into a plain
+  and into an encrypted repository (like for like: restic always encrypts);
 * repository size on disk after all backups <= restic's;
 * backing up ``bookworm-minbase-rebuilt`` after ``bookworm-minbase`` stores at most 3% of its
   layer's compressed size (the same figure is printed for restic and borg);
 * restore throughput >= 2x ``restic restore latest --target DIR`` (per snapshot), compared with
   ``chunkstore restore REF dir:DIR`` (both write the root filesystem's files);
+* ``chunkstore analyze`` of every image >= 300 MB/s of uncompressed layer bytes (with
+  ``gzip -dc | sha256sum`` of the distinct layers, the floor of any reader, measured next to it);
 * peak RSS of every chunkstore run <= 250 MB.
+
+Every job is reported by wall time, with its CPU utilisation ((user + sys) / wall).
 
 Usage::
 
     .venv/bin/python tools/bench_images.py [--corpus DIR] [--images REF ...] [--out DIR]
-                                           [--json] [--keep] [--no-borg] [--warm] [--max-wait S]
+                                           [--json] [--keep] [--no-borg] [--no-encrypted]
+                                           [--no-analyze] [--warm] [--max-wait S]
 
 What it does:
 
@@ -38,13 +46,15 @@ What it does:
    (phase ``restore-oci``), ``chunkstore restore REF oci:DIR:REF``: every layer tar rebuilt
    bit-exact, checked against its diff_id and recompressed exactly; the corpus' layers are
    umoci-made (klauspost pgzip, 256 KiB blocks), so that row includes reproducing that
-   compression for every layer, which restic and borg do not do.
+   compression for every layer, which restic and borg do not do. The encrypted chunkstore
+   repository (``init --encrypt``) gets the same backups and ``dir:`` restores.
    Before every timed run the page cache is dropped (root only; otherwise the inputs are read
    once so every run starts warm) and the benchmark waits (at most ``--max-wait`` s in all) for
    the rest of the machine to go quiet; peak RSS and CPU time come from ``/usr/bin/time``.
-4. Prints a table per tool and phase (wall seconds, MB/s, CPU seconds, peak RSS, repository size,
-   ratios to restic), a per-image table, and PASS/MISS for each target; ``--json`` also writes
-   ``OUT/bench_images.json``.
+4. Runs ``chunkstore analyze --json`` over every image at once, then its floor (see above).
+5. Prints a table per tool and phase (wall seconds, MB/s, CPU seconds and utilisation, peak RSS,
+   repository size, ratios to restic), the analyze table, a per-image table, and PASS/MISS for
+   each target; ``--json`` also writes ``OUT/bench_images.json``.
 
 Throughput: chunkstore's backup and ``restore-oci`` are MB of uncompressed layer tar per second;
 every ``dir:`` restore, restic's and borg's figures are MB of root-filesystem file bytes per
@@ -110,6 +120,7 @@ PASSWORD = "bench-images-password"
 TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_REBUILT_FRACTION = 0.03
 TARGET_RSS_BYTES = 250 * MB
+TARGET_ANALYZE_MB_S = 300.0
 
 # Images whose root filesystem is another corpus tarball's tree.
 ROOTFS_OF = {
@@ -361,6 +372,24 @@ class ChunkstoreTool(Tool):
         return {}
 
 
+class EncryptedChunkstoreTool(ChunkstoreTool):
+    """The same backups into an encrypted repository (like for like: restic always encrypts);
+    restored to ``dir:`` only (``oci:`` adds the same recompression to either)."""
+
+    key = "chunkstore-enc"
+    label = "chunkstore (encrypted, zstd-3)"
+
+    def __init__(self, work: Path, binary: str, corpus: Path) -> None:
+        super().__init__(work, binary, corpus)
+        self.env["CHUNKSTORE_PASSWORD"] = PASSWORD
+
+    def init(self) -> None:
+        run_checked([*self.base, "init", "--encrypt"], self.env)
+
+    def extra_restores(self) -> list[str]:
+        return []
+
+
 class ResticTool(Tool):
     key = "restic"
     label = "restic (repo v2, compression auto)"
@@ -527,6 +556,55 @@ def _run(image: Image, phase: str, nbytes: int, m: Measured, details: dict[str, 
     )
 
 
+def measure_analyze(
+    binary: str, corpus: Path, images: list[Image], work: Path, cache: PageCache, quiet: Quiet
+) -> dict[str, Any]:
+    """``chunkstore analyze`` of every image in one run, and its floor measured right after it.
+
+    analyze: ``chunkstore analyze --json oci:CORPUS/oci:REF ...`` (default chunk-size sweep,
+    worker processes as many as cores); MB/s counts every image's tar bytes (a layer two images
+    share is content analysed for both). The floor: every distinct layer blob decompressed and
+    hashed, ``gzip -dc | sha256sum``, as many at a time as there are cores.
+    """
+    env = base_env(work)
+    layers = {la["digest"]: la for i in images for la in i.layers}
+    inputs = [Path(la["path"]) for la in layers.values()]
+    sources = [f"oci:{corpus / 'oci'}:{i.ref}" for i in images]
+    cache.prepare(inputs)
+    quiet.wait()
+    log("chunkstore: analyze")
+    m = run_measured([binary, "analyze", "--json", *sources], env)
+    if m.returncode != 0:
+        raise RuntimeError(f"analyze failed ({m.returncode}): {m.stderr.strip()[-2000:]}")
+    doc = json.loads(m.stdout)
+    tar = int(doc["totals"]["tar_bytes"])
+    scanned = int(doc.get("scanned_tar_bytes", sum(la["tar_bytes"] for la in layers.values())))
+    cores = str(os.cpu_count() or 1)
+    cache.prepare(inputs)
+    quiet.wait()
+    log("floor: gzip -dc | sha256sum")
+    script = 'gzip -dc "$1" | sha256sum >/dev/null'
+    floor = run_measured(
+        ["xargs", "-P", cores, "-n", "1", "sh", "-c", script, "sh", *map(str, inputs)], env
+    )
+    distinct = sum(la["tar_bytes"] for la in layers.values())
+    return {
+        "seconds": m.seconds,
+        "cpu_s": m.cpu_s,
+        "cpu_util": m.cpu_s / m.seconds,
+        "rss_mb": m.rss_kib * 1024 / MB,
+        "tar_bytes": tar,
+        "mb_s": tar / MB / m.seconds,
+        "scanned_tar_bytes": scanned,
+        "distinct_mb_s": scanned / MB / m.seconds,
+        "other_cpu_s": m.other_cpu_s,
+        "floor_seconds": floor.seconds,
+        "floor_cpu_s": floor.cpu_s,
+        "floor_bytes": distinct,
+        "floor_mb_s": distinct / MB / floor.seconds,
+    }
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -554,6 +632,7 @@ def summarize(tools: list[ToolResult]) -> list[dict[str, Any]]:
                 "repo_bytes": backups[-1].repo_bytes if backups else 0,
                 "other_cpu_s": sum(r.other_cpu_s for r in runs),
             }
+            row["cpu_util"] = row["cpu_s"] / seconds
             rows.append(row)
     base = {r["phase"]: r for r in rows if r["key"] == "restic"}
     for r in rows:
@@ -600,13 +679,20 @@ def rebuilt_figures(tools: list[ToolResult], images: list[Image]) -> dict[str, A
 def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = {(r["key"], r["phase"]): r for r in result["rows"]}
     targets = []
-    for phase in ("backup", "restore"):
-        r = rows.get(("chunkstore", phase))
+    for key, phase in (
+        ("chunkstore", "backup"),
+        ("chunkstore-enc", "backup"),
+        ("chunkstore", "restore"),
+        ("chunkstore-enc", "restore"),
+    ):
+        r = rows.get((key, phase))
         if r and r["throughput_vs_restic"] is not None:
             ratio = r["throughput_vs_restic"]
+            what = "encrypted " if key == "chunkstore-enc" else ""
             targets.append(
                 {
-                    "name": f"{phase} throughput >= {TARGET_THROUGHPUT_RATIO:g}x restic {phase}"
+                    "name": f"{what}{phase} throughput >= {TARGET_THROUGHPUT_RATIO:g}x restic "
+                    + phase
                     + (" (dir:)" if phase == "restore" else ""),
                     "value": f"{ratio:.2f}x ({r['mb_s']:.1f} vs "
                     f"{rows[('restic', phase)]['mb_s']:.1f} MB/s)",
@@ -641,7 +727,18 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": c["fraction"] <= TARGET_REBUILT_FRACTION,
             }
         )
-    cs = [r for r in result["rows"] if r["key"] == "chunkstore"]
+    an = result.get("analyze")
+    if an:
+        targets.append(
+            {
+                "name": f"analyze throughput >= {TARGET_ANALYZE_MB_S:g} MB/s (uncompressed layer "
+                "bytes)",
+                "value": f"{an['mb_s']:.1f} MB/s (gzip -dc | sha256sum floor "
+                f"{an['floor_mb_s']:.1f} MB/s of distinct layers)",
+                "ok": an["mb_s"] >= TARGET_ANALYZE_MB_S,
+            }
+        )
+    cs = [r for r in result["rows"] if r["key"].startswith("chunkstore")]
     if cs:
         worst = max(cs, key=lambda r: r["rss_mb"])
         targets.append(
@@ -701,6 +798,7 @@ def render(result: dict[str, Any]) -> str:
             Column("seconds", 8, ">"),
             Column("MB/s", 7, ">"),
             Column("CPU s", 7, ">"),
+            Column(("CPU", "%"), 5, ">"),
             Column("RSS MB", 7, ">"),
             Column("repo MB", 8, ">"),
             Column(("MB/s vs", "restic"), 8, ">"),
@@ -717,6 +815,7 @@ def render(result: dict[str, Any]) -> str:
             f"{r['seconds']:.2f}",
             f"{r['mb_s']:.1f}",
             f"{r['cpu_s']:.1f}",
+            f"{r['cpu_util']:.0%}".rstrip("%"),
             f"{r['rss_mb']:.1f}",
             f"{r['repo_bytes'] / MB:.1f}" if backup else "-",
             _x(r["throughput_vs_restic"]),
@@ -727,7 +826,8 @@ def render(result: dict[str, Any]) -> str:
     lines += phases.text()
     lines.append(
         "seconds and MB/s over all images (chunkstore backup and restore-oci: layer tar bytes, "
-        "every restore: rootfs file bytes);\nRSS = the largest peak of any run; "
+        "every restore: rootfs file bytes);\nCPU % = (user + sys) / wall of the tool's "
+        "processes (200 = two cores busy); RSS = the largest peak of any run; "
         "repo = size on disk after all backups; "
         "other CPU s = CPU time other processes used meanwhile (noise);\n"
         "restore = the root filesystem written as files (chunkstore: restore dir:); restore-oci = "
@@ -735,6 +835,47 @@ def render(result: dict[str, Any]) -> str:
         "again exactly with the umoci compressor: most of its time), compared with restic "
         "restore"
     )
+    an = result.get("analyze")
+    if an:
+        lines.append("")
+        table = Table(
+            [
+                Column("job", 36),
+                Column("seconds", 8, ">"),
+                Column("MB/s", 7, ">"),
+                Column(("distinct", "MB/s"), 8, ">"),
+                Column("CPU s", 7, ">"),
+                Column(("CPU", "%"), 5, ">"),
+                Column("RSS MB", 7, ">"),
+                Column(("vs", "floor"), 6, ">"),
+            ]
+        )
+        table.row(
+            "chunkstore analyze (every image)",
+            f"{an['seconds']:.2f}",
+            f"{an['mb_s']:.1f}",
+            f"{an['distinct_mb_s']:.1f}",
+            f"{an['cpu_s']:.1f}",
+            f"{an['cpu_util']:.0%}".rstrip("%"),
+            f"{an['rss_mb']:.1f}",
+            f"{an['distinct_mb_s'] / an['floor_mb_s']:.2f}x",
+        )
+        table.row(
+            "gzip -dc | sha256sum (distinct layers)",
+            f"{an['floor_seconds']:.2f}",
+            "-",
+            f"{an['floor_mb_s']:.1f}",
+            f"{an['floor_cpu_s']:.1f}",
+            f"{an['floor_cpu_s'] / an['floor_seconds']:.0%}".rstrip("%"),
+            "-",
+            "1.00x",
+        )
+        lines += table.text()
+        lines.append(
+            "analyze MB/s: every image's layer tar bytes (a shared layer counts for each image); "
+            "distinct: each layer once,\nthe floor's unit (any tool reading these layers "
+            "decompresses and hashes them); restic and borg have no analyze"
+        )
     lines.append("")
     keys = [t["key"] for t in result["tools"]]
     columns = [Column("per image", 26)]
@@ -796,6 +937,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="also write OUT/bench_images.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-borg", dest="borg", action="store_false", help="skip borg")
+    ap.add_argument(
+        "--no-encrypted",
+        dest="encrypted",
+        action="store_false",
+        help="skip the encrypted chunkstore repository",
+    )
+    ap.add_argument(
+        "--no-analyze", dest="analyze", action="store_false", help="skip chunkstore analyze"
+    )
     ap.add_argument("--warm", action="store_true", help="warm page cache instead of dropping it")
     ap.add_argument(
         "--max-wait",
@@ -828,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-images-", dir=out))
     tools: list[ToolResult] = []
     failures: list[str] = []
+    analyzed: dict[str, Any] | None = None
     cache = PageCache(force_warm=args.warm)
     quiet = Quiet(args.max_wait)
     try:
@@ -836,6 +987,8 @@ def main(argv: list[str] | None = None) -> int:
             unpack_rootfs(corpus, image, work / "rootfs" / image.ref)
         log(f"page cache: {cache.mode}")
         candidates: list[Tool] = [ChunkstoreTool(work, cs_bin, corpus)]
+        if args.encrypted:
+            candidates.append(EncryptedChunkstoreTool(work, cs_bin, corpus))
         restic = shutil.which("restic")
         if restic:
             candidates.append(ResticTool(work, restic))
@@ -858,6 +1011,12 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(tool.dir, ignore_errors=True)
             tools.append(tr)
             failures += [f"{tr.key}: {f}" for f in tr.failures]
+        if args.analyze:
+            try:
+                analyzed = measure_analyze(cs_bin, corpus, images, work, cache, quiet)
+            except RuntimeError as exc:
+                log(f"analyze FAILED: {exc}")
+                failures.append(f"analyze: {exc}")
     finally:
         if args.keep:
             log(f"kept {work}")
@@ -878,6 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
         "tools": [asdict(t) for t in tools],
         "rows": summarize(tools),
         "rebuilt": rebuilt_figures(tools, images),
+        "analyze": analyzed,
         "failures": failures,
         "waited_s": quiet.waited_s,
     }
