@@ -99,8 +99,10 @@ _MONOLITHIC_MAX = 32 << 20
 _PIECE = 8 << 20
 #: Tries to tag a file while the registry settles concurrent uploads of its blob.
 _MANIFEST_ATTEMPTS = 4
-#: Manifests fetched at once while listing.
-_LIST_WORKERS = 8
+#: Manifests fetched at once while listing, blobs asked for at once before an image tag.
+_LIST_WORKERS = 16
+#: Threads for a save's side requests (existence checks, the empty blob, cancels).
+_HELPER_WORKERS = 16
 #: Types a repository names by the SHA-256 of the file's bytes.
 _CONTENT_NAMED = frozenset({FileType.KEY, FileType.PACK, FileType.INDEX, FileType.RECORD})
 #: Types whose files may be replaced (their manifests are never cached).
@@ -263,6 +265,10 @@ class RegistryBackend:
         self._entries: dict[Handle, _Entry] = {}
         self._lock = threading.Lock()
         self._empty_uploaded = False
+        #: A save's side requests (existence checks, the empty blob, cancels); threads start lazily.
+        self._helpers = ThreadPoolExecutor(
+            _HELPER_WORKERS, thread_name_prefix="chunkstore-registry"
+        )
 
     @property
     def location(self) -> str:
@@ -313,25 +319,78 @@ class RegistryBackend:
 
     # ------------------------------------------------------------------ writes
     def save(self, handle: Handle, data: bytes, *, overwrite: bool = False) -> None:
-        """Upload the blob, confirm it is there, then tag its manifest (the commit point)."""
+        """Upload the blob, confirm it is there, then tag its manifest (the commit point).
+
+        Round trips for a new file: ``HEAD`` blob || ``POST`` session [|| ``GET`` file manifest]
+        [|| empty blob]; ``PUT`` blob (``PATCH`` pieces above 32 MiB); ``HEAD`` (the confirmation,
+        rule B8: a registry or proxy may acknowledge what it did not keep, so a ``201`` with the
+        right ``Docker-Content-Digest`` is checked but never taken as proof); ``PUT`` manifest.
+        The manifest ``GET`` only serves to refuse replacing a file with other bytes, so it is
+        skipped for files named by the SHA-256 of these bytes (any tag of that name holds this
+        blob, and pushing the same manifest again is idempotent) and with ``overwrite``; else it
+        is awaited before the manifest push (a refused save leaves at most an untagged blob, no
+        file). A first ``HEAD`` finding the blob at its size cancels the session, sends no byte
+        and is the confirmation.
+        """
         blob = _sha256(data)
-        existing = self._entry(handle)
-        if existing is not None:
-            if existing.blob == blob and existing.size == len(data):
+        if handle.type not in _MUTABLE:
+            with self._lock:
+                known = self._entries.get(handle)
+            if self._holds(handle, known, blob, len(data), overwrite):
                 return
-            if not overwrite:
-                raise UsageError(
-                    f"{handle} already exists in {self.location} with other content; "
-                    "refusing to replace it"
-                )
-        self._ensure_empty()
+        pool = self._helpers
+        named_by_content = handle.type in _CONTENT_NAMED and handle.name == blob.hex
+        check = None if overwrite or named_by_content else pool.submit(self._entry, handle)
+        empty = None if self._empty_uploaded else pool.submit(self._ensure_empty)
         try:
-            if len(data) > _MONOLITHIC_MAX:
-                view = memoryview(data)
-                pieces = [bytes(view[i : i + _PIECE]) for i in range(0, len(data), _PIECE)]
-                self._client.put_blob_stream(pieces, blob, len(data), chunk_size=_PIECE)
+            self._upload(handle, data, blob, pool)
+        finally:  # no side request keeps running behind an error
+            _ = [f.exception() for f in (check, empty) if f is not None]
+        if check is not None and self._holds(handle, check.result(), blob, len(data), overwrite):
+            return
+        if empty is not None:
+            empty.result()
+        manifest = file_manifest(handle, blob, len(data))
+        digest = self._put_manifest(handle, manifest, blob, len(data))
+        with self._lock:
+            if handle.type in _MUTABLE:
+                self._entries.pop(handle, None)
             else:
-                self._client.put_blob(data, blob)
+                self._entries[handle] = _Entry(blob, len(data), digest)
+
+    def _holds(
+        self, handle: Handle, entry: _Entry | None, blob: Digest, size: int, overwrite: bool
+    ) -> bool:
+        """Whether ``entry`` (the file's) holds these bytes; UsageError if others, unless replaced."""
+        if entry is not None and (entry.blob, entry.size) == (blob, size):
+            return True
+        if entry is not None and not overwrite:
+            raise UsageError(
+                f"{handle} already exists in {self.location} with other content; "
+                "refusing to replace it"
+            )
+        return False
+
+    def _upload(self, handle: Handle, data: bytes, blob: Digest, pool: ThreadPoolExecutor) -> None:
+        """Store ``data`` as blob ``blob`` and confirm the registry serves it at its size."""
+        present: int | None = None
+        try:
+            head = pool.submit(self._client.head_blob, blob)
+            if len(data) > _MONOLITHIC_MAX:
+                present = head.result()
+                if present is None:
+                    view = memoryview(data)
+                    pieces = [bytes(view[i : i + _PIECE]) for i in range(0, len(data), _PIECE)]
+                    self._client.put_blob_stream(pieces, blob, len(data), chunk_size=_PIECE)
+            else:
+                try:
+                    session = self._client.open_upload()
+                finally:
+                    present = head.result()  # raises its error (once the POST is done)
+                if present is None:
+                    self._client.put_blob(data, blob, session=session)
+                else:
+                    pool.submit(self._client.cancel_upload, session)
         except (RegistryError, Transient) as exc:
             # Concurrent uploads of one blob race inside the registry (distribution answers the
             # loser with DIGEST_INVALID or an error); the blob is content-addressed, so if the
@@ -341,21 +400,16 @@ class RegistryBackend:
             logger.info(
                 "upload of %s failed (%s), but the registry holds it: continuing", handle, exc
             )
-        # The registry said it stored the blob; believe it only when it serves it back.
-        present = self._settled_size(blob)
+            return
+        if present is None:
+            # The registry said it stored the blob; believe it only when it serves it back.
+            present = self._settled_size(blob)
         if present != len(data):
             raise RegistryError(
                 f"{self.location} accepted the upload of {handle} but "
                 + ("does not have it" if present is None else f"reports {present} bytes")
                 + f" instead of {len(data)}; nothing was tagged"
             )
-        manifest = file_manifest(handle, blob, len(data))
-        digest = self._put_manifest(handle, manifest, blob, len(data))
-        with self._lock:
-            if handle.type in _MUTABLE:
-                self._entries.pop(handle, None)
-            else:
-                self._entries[handle] = _Entry(blob, len(data), digest)
 
     def _settled_size(self, blob: Digest) -> int | None:
         """The blob's size as the registry serves it, asked again while the registry settles.
@@ -479,10 +533,15 @@ class RegistryBackend:
         if tag.startswith(TAG_PREFIX):
             raise UsageError(f"image tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}")
         handles = [record, *files]
+
+        def served(handle: Handle) -> tuple[_Entry, int | None]:
+            entry = self._require(handle)
+            return entry, self._client.head_blob(entry.blob)
+
         with ThreadPoolExecutor(max_workers=_LIST_WORKERS) as pool:
-            entries = list(pool.map(self._require, handles))
-            sizes = list(pool.map(self._client.head_blob, [e.blob for e in entries]))
-        for h, e, size in zip(handles, entries, sizes, strict=True):
+            found = list(pool.map(served, handles))
+        entries = [e for e, _size in found]
+        for h, (e, size) in zip(handles, found, strict=True):
             if size != e.size:
                 raise RegistryError(
                     f"{self.location} does not serve {h} (blob {e.blob.short}); the image tag "
@@ -521,7 +580,8 @@ class RegistryBackend:
         self._client.delete_manifest(fetched.digest)
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Finish the side requests still running, then close the client's connections."""
+        self._helpers.shutdown(wait=True)
         self._client.close()
 
 

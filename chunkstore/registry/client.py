@@ -328,18 +328,37 @@ class RegistryClient:
 
     # -- uploads (the sessions are chunkstore.registry.uploads) -----------------------------------
 
-    def put_blob(self, data: bytes, digest: Digest | None = None) -> Digest:
-        """Upload ``data`` in one request (skipped when the blob is present); its digest."""
+    def put_blob(
+        self, data: bytes, digest: Digest | None = None, *, session: httpx.URL | None = None
+    ) -> Digest:
+        """Upload ``data`` in one request (skipped when the blob is present); its digest.
+
+        ``session``: an upload session from :meth:`open_upload`, opened while the caller learnt
+        that the blob is absent; the first attempt puts the blob there without asking again. A
+        retry (the answer was lost, the registry failed) asks with ``HEAD`` first and opens a new
+        session.
+        """
         actual = sha256(data)
         if digest is not None and digest != actual:
             raise DigestMismatch(f"blob to upload hashes to {actual}, not {digest}")
+        opened = [session] if session is not None else []
 
         def go() -> Digest:
-            if self._head(actual) is None:
+            if opened:
+                self._uploads.put(data, actual, opened.pop())
+            elif self._head(actual) is None:
                 self._uploads.put(data, actual)
             return actual
 
         return self._http.call(f"upload blob {actual.short}", go)
+
+    def open_upload(self) -> httpx.URL:
+        """Open an upload session (``POST``) for :meth:`put_blob`; its location."""
+        return self._http.call("open upload session", lambda: self._uploads.start()[1])
+
+    def cancel_upload(self, session: httpx.URL) -> None:
+        """Abandon an upload session from :meth:`open_upload`, best effort."""
+        self._uploads.cancel(session)
 
     def mount_blob(self, digest: Digest, from_name: str) -> bool:
         """Link blob ``digest`` from repository ``from_name``; False when the registry declined."""

@@ -95,9 +95,13 @@ class Uploads:
         self.cancel(location)
         return False
 
-    def put(self, data: bytes, digest: Digest) -> None:
-        """Upload ``data`` (which hashes to ``digest``) in one ``PUT``; no retries."""
-        _status, location = self.start()
+    def put(self, data: bytes, digest: Digest, location: httpx.URL | None = None) -> None:
+        """Upload ``data`` (which hashes to ``digest``) in one ``PUT``; no retries.
+
+        ``location``: a session already opened with :meth:`start` (else one is opened here).
+        """
+        if location is None:
+            _status, location = self.start()
         headers = {"Content-Type": "application/octet-stream"}
         with self._http.open(
             "PUT", with_query(location, [("digest", str(digest))]), headers=headers, body=data
