@@ -20,33 +20,20 @@ from chunkstore.images.ingest import IngestedMember
 from chunkstore.images.tarstream import Member, TarError, TarReader
 from chunkstore.images.tarstream import Raw as TarRaw
 from chunkstore.repository import Repository
-from chunkstore.streams import read_chunk_lists
+from chunkstore.streams import read_chunk_lists, verified_chunks
 from index.chunklist import ChunkRef, StreamBody
-from index.errors import FormatError
 from index.ids import Digest
-from index.recipe import Content, ContentLists, Raw, RecipeRoot, decode_part
+from index.recipe import Content, ContentLists, Raw, RecipeRoot
 
-__all__ = ["PieceStream", "load_recipe", "rebuild_layer", "recipe_members"]
+__all__ = ["PieceStream", "rebuild_layer", "recipe_members"]
 
 _BATCH_BYTES = 8 << 20
 _PIECE_BYTES = 1 << 20
 
 
-def load_recipe(repo: Repository, recipe_id: Digest) -> RecipeRoot:
-    """Load and validate a recipe root."""
-    try:
-        return RecipeRoot.decode(repo.load_blob(recipe_id))
-    except FormatError as exc:
-        raise CorruptMetadata(f"layer recipe {recipe_id.short} is invalid: {exc}") from exc
-
-
 def _ops(repo: Repository, root: RecipeRoot) -> Iterator[Raw | Content | ContentLists]:
     for part_id in root.parts:
-        try:
-            ops = decode_part(repo.load_blob(part_id))
-        except FormatError as exc:
-            raise CorruptMetadata(f"recipe part {part_id.short} is invalid: {exc}") from exc
-        yield from ops
+        yield from repo.load_recipe_part(part_id)
 
 
 class PieceStream:
@@ -85,7 +72,7 @@ def rebuild_layer(repo: Repository, recipe_id: Digest) -> Iterator[bytes]:
     The bytes come in pieces of about 1 MiB (headers and chunks joined), so that consumers
     reading fixed-size blocks (the gzip recompressor) do not copy many small pieces around.
     """
-    root = load_recipe(repo, recipe_id)
+    root = repo.load_recipe(recipe_id)
     h = hashlib.sha256()
     total = 0
     for piece in _joined(_tar_pieces(repo, root, recipe_id), _PIECE_BYTES):
@@ -111,11 +98,15 @@ def _tar_pieces(repo: Repository, root: RecipeRoot, recipe_id: Digest) -> Iterat
             if isinstance(item, Raw):
                 yield item.data
                 continue
-            for ref in item:
-                data = got[ref.id]
-                if len(data) != ref.size:
-                    raise CorruptMetadata(f"chunk {ref.id.short} has the wrong size for the recipe")
-                yield data
+            yield from verified_chunks(
+                repo,
+                item,
+                size=sum(r.size for r in item),
+                what=f"a file of layer recipe {recipe_id.short}",
+                listed_by="recipe",
+                sized_by="recipe",
+                loaded=got,
+            )
         pending.clear()
 
     for op in _ops(repo, root):
@@ -195,7 +186,7 @@ def recipe_members(repo: Repository, recipe_id: Digest) -> list[IngestedMember]:
     re-reading them from the recipe's header bytes is far cheaper than decompressing and chunking
     the layer again.
     """
-    root = load_recipe(repo, recipe_id)
+    root = repo.load_recipe(recipe_id)
     ops = list(_ops(repo, root))
     # The k-th member with content owns the k-th content operation (ingest writes exactly one).
     contents = iter([op for op in ops if not isinstance(op, Raw)])
