@@ -94,3 +94,13 @@ def test_media_types_are_spelled_only_in_mediatypes(path: Path) -> None:
                 f"{rel}:{node.lineno} spells the media type {node.value!r}; "
                 "import it from chunkstore.registry.mediatypes"
             )
+
+
+#: A library module longer than this does more than one job: split it by role.
+MAX_MODULE_LINES = 600
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_library_module_over_the_line_limit(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path} has {lines} lines (limit {MAX_MODULE_LINES})"
