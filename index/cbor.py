@@ -57,33 +57,62 @@ def encode(value: Any) -> bytes:
     return bytes(cbor2.dumps(value, canonical=True, default=_default))
 
 
+_SCALARS = frozenset({bytes, str, bool, type(None)})
+_INT_LOW, _INT_HIGH = -(1 << 64), 1 << 64
+
+
 def _check_encodable(value: Any, depth: int) -> None:
     # Refuse, before cbor2 sees it, anything decode() would refuse: other Python types (cbor2
     # would encode datetimes, sets, decimals as tags), integers needing bignum tags, map keys that
     # are not int/text/bytes, and nesting that decodes deeper than MAX_DEPTH (a reference's tag
-    # counts as one more level).
+    # counts as one more level). Exact built-in types take a fast path (records hold hundreds of
+    # thousands of values); anything else, subclasses included, the general one.
     if depth > MAX_DEPTH:
         raise LimitExceeded(f"nesting deeper than {MAX_DEPTH}")
+    t = type(value)
+    if t is list or t is tuple:
+        for v in value:
+            tv = type(v)
+            if tv in _SCALARS and depth < MAX_DEPTH:
+                continue
+            if tv is int and _INT_LOW <= v < _INT_HIGH and depth < MAX_DEPTH:
+                continue
+            if tv is Digest and depth + 2 <= MAX_DEPTH:
+                continue
+            _check_encodable(v, depth + 1)
+        return
+    if t is dict:
+        for k, v in value.items():
+            tk = type(k)
+            if not ((tk is str or tk is bytes) and depth < MAX_DEPTH):
+                if isinstance(k, bool) or not isinstance(k, int | str | bytes):
+                    raise TypeError("map keys must be integers, text or bytes")
+                _check_encodable(k, depth + 1)
+            tv = type(v)
+            if tv in _SCALARS and depth < MAX_DEPTH:
+                continue
+            if tv is int and _INT_LOW <= v < _INT_HIGH and depth < MAX_DEPTH:
+                continue
+            if tv is Digest and depth + 2 <= MAX_DEPTH:
+                continue
+            _check_encodable(v, depth + 1)
+        return
+    _check_other(value, depth)
+
+
+def _check_other(value: Any, depth: int) -> None:
     if isinstance(value, bool) or value is None or isinstance(value, bytes | str):
         return
     if isinstance(value, int):
-        if not -(1 << 64) <= value < 1 << 64:
+        if not _INT_LOW <= value < _INT_HIGH:
             raise TypeError("integers outside the 64-bit CBOR range are not allowed")
         return
     if isinstance(value, Digest):
         if depth + 1 > MAX_DEPTH:
             raise LimitExceeded(f"nesting deeper than {MAX_DEPTH}")
         return
-    if isinstance(value, list | tuple):
-        for v in value:
-            _check_encodable(v, depth + 1)
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, bool) or not isinstance(k, int | str | bytes):
-                raise TypeError("map keys must be integers, text or bytes")
-            _check_encodable(k, depth + 1)
-            _check_encodable(v, depth + 1)
+    if isinstance(value, list | tuple | dict):
+        _check_encodable(list(value) if not isinstance(value, dict) else dict(value), depth)
         return
     raise TypeError(f"cannot encode {type(value).__name__} as chunkstore CBOR")
 
