@@ -13,6 +13,7 @@ from chunkstore.errors import UsageError
 from chunkstore.images.backup import backup_image
 from chunkstore.images.recompress import DEFAULT_GZIP_LEVEL
 from chunkstore.images.restore import restore_image
+from chunkstore.metadata import format_errors
 from chunkstore.publish import publish_names
 from index.image import ImageBody
 from index.tree import Node
@@ -225,19 +226,33 @@ def _node_json(node: Node) -> dict[str, object]:
 @pass_ctx
 def tags_cmd(c: Ctx) -> None:
     """List image records (tags)."""
+    rows: list[dict[str, object]] = []
     with c.open() as repo:
-        rows = [r for r in api.list_records(repo) if r["type"] == "image"]
-        for row in rows:
-            _, body = repo.find_body(str(row["id"]), "image", ImageBody.from_cbor)
+        # One listing: each record is read once (looking each one up again by its id read
+        # every record per row, a cost that grew with the square of the number of tags).
+        for record_id, record in repo.list_records():
+            if record.type != "image":
+                continue
+            with format_errors(f"record {record_id.short} body"):
+                body = ImageBody.from_cbor(record.body)
             layers = [layer for im in body.images for layer in im.layers]
-            row["layers"] = [
+            rows.append(
                 {
-                    "outcome": layer.outcome,
-                    "reproduced_by": layer.reproduce.label if layer.reproduce else None,
+                    "id": record_id.hex,
+                    "name": record.name,
+                    "type": record.type,
+                    "time_ns": record.time_ns,
+                    "size": record.body.get("size") if isinstance(record.body, dict) else None,
+                    "layers": [
+                        {
+                            "outcome": layer.outcome,
+                            "reproduced_by": layer.reproduce.label if layer.reproduce else None,
+                        }
+                        for layer in layers
+                    ],
+                    "exact": all(layer.exact for layer in layers),
                 }
-                for layer in layers
-            ]
-            row["exact"] = all(layer.exact for layer in layers)
+            )
     lines = []
     for r in rows:
         counts: dict[str, int] = {}
