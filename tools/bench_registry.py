@@ -60,6 +60,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,17 +91,22 @@ from benchlib.report import (
     target_lines,
     tool_version,
 )
+from benchlib.shaped_link import LinkEnd, ShapedLink, WireBytes
 
 from chunkstore.testing.registry_server import REGISTRY_BINARY, RegistryServer, start_registry
 
 SKOPEO = "skopeo"
 BLOBS_DIR = Path("docker/registry/v2/blobs")
 
-# Targets of the issue.
-TARGET_SPEED_RATIO = 1.5
+# Targets: on loopback (the registry issue) the corpus push >= 1.5x skopeo's speed; on the shaped
+# link (issue 13) >= 1.3x, and the rebuilt image's push >= 20x skopeo's speed.
+TARGET_SPEED_RATIO = {"loopback": 1.5, "shaped": 1.3}
+TARGET_REBUILT_SPEED_RATIO = 20.0
 TARGET_REBUILT_BYTES_FRACTION = 0.05
 
 TOOLS = ("chunkstore", "skopeo")
+#: The extra tool of ``--base-tree``: chunkstore from another checkout (PYTHONPATH).
+BASE_TOOL = "cs-base"
 ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
 
 
@@ -253,32 +259,63 @@ class Push:
     proxy_cpu_s: float
     other_cpu_s: float
     steal_s: float
+    wire_sent: int = 0  # bytes on the shaped link's wire, client -> registry (0: loopback)
+    wire_received: int = 0
     ok: bool = True
     error: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
 
 class Target:
-    """A fresh registry, the proxy in front of it, and the push command of one tool."""
+    """A fresh registry, the proxies in front of it, and the push command of one tool.
 
-    def __init__(self, tool: str, work: Path, corpus: Path, cs_bin: str) -> None:
+    On loopback the counting proxy forwards to the registry; on the shaped link the registry runs
+    in the link's namespace, and the counting proxy forwards to its delay proxy.
+    """
+
+    def __init__(
+        self,
+        tool: str,
+        work: Path,
+        corpus: Path,
+        cs_bin: str,
+        link: ShapedLink | None,
+        base_tree: Path | None,
+    ) -> None:
         self.tool = tool
         self.dir = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work))
         self.layout = corpus / "oci"
-        self.registry = start_registry(
-            self.dir / "registry", access_log=True, secret="chunkstore-bench-secret"
-        )
-        self.proxy = CountingProxy(self.registry.port)
+        self.link = link
+        self.end: LinkEnd | None = None
+        secret = "chunkstore-bench-secret"
+        if link is None:
+            self.registry = start_registry(self.dir / "registry", access_log=True, secret=secret)
+            upstream = self.registry.port
+        else:
+            self.end = link.serve(self.dir / "registry", secret=secret)
+            self.registry = self.end.registry
+            upstream = int(self.end.host.rsplit(":", 1)[1])
+        self.proxy = CountingProxy(upstream)
         self.host = f"127.0.0.1:{self.proxy.port}"
         self.env = base_env(self.dir)
+        if tool == BASE_TOOL and base_tree is not None:
+            self.env["PYTHONPATH"] = str(base_tree)
         self.cs = [cs_bin, "--repo", f"registry:{self.host}/bench", "--cache-dir"]
         self.cs += [str(self.dir / "cache"), "--json"]
 
+    @property
+    def is_chunkstore(self) -> bool:
+        return self.tool != SKOPEO
+
+    def wire(self) -> WireBytes:
+        """The shaped link's counters (zeros on loopback)."""
+        return self.link.wire() if self.link is not None else WireBytes(0, 0, 0)
+
     def init_cmd(self) -> list[str] | None:
-        return [*self.cs, "init"] if self.tool == "chunkstore" else None
+        return [*self.cs, "init"] if self.is_chunkstore else None
 
     def push_cmd(self, image: CorpusImage) -> list[str]:
-        if self.tool == "chunkstore":
+        if self.is_chunkstore:
             return [*self.cs, "backup", f"oci:{self.layout}:{image.ref}", "--tag", image.ref]
         return [
             SKOPEO,
@@ -291,7 +328,10 @@ class Target:
 
     def close(self, keep: bool) -> None:
         self.proxy.close()
-        self.registry.stop()
+        if self.link is not None and self.end is not None:
+            self.link.release(self.end)
+        else:
+            self.registry.stop()
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -309,12 +349,14 @@ def measure(
     quiet.wait()
     reg = target.registry
     sent0, recv0, conn0 = target.proxy.counters()
+    wire0 = target.wire()
     stored0, log0, reg_cpu0 = blob_bytes(reg), reg.log_path.stat().st_size, reg.cpu_seconds()
     own0 = time.process_time()
     m = run_measured(cmd, target.env)
     own1 = time.process_time()
     time.sleep(0.2)  # let the access log and the proxy counters settle
     sent1, recv1, conn1 = target.proxy.counters()
+    wire = target.wire() - wire0
     reg_cpu = reg.cpu_seconds() - reg_cpu0
     proxy_cpu = own1 - own0
     push = Push(
@@ -334,11 +376,13 @@ def measure(
         proxy_cpu_s=proxy_cpu,
         other_cpu_s=max(0.0, m.other_cpu_s - reg_cpu - proxy_cpu),
         steal_s=m.steal_s,
+        wire_sent=wire.sent,
+        wire_received=wire.received,
     )
     if m.returncode != 0:
         push.ok = False
         push.error = f"exit {m.returncode}: {m.stderr.strip()[-800:]}"
-    elif target.tool == "chunkstore" and image is not None:
+    elif target.is_chunkstore and image is not None:
         with contextlib.suppress(ValueError):
             info = json.loads(m.stdout)
             if isinstance(info, dict):
@@ -347,7 +391,8 @@ def measure(
                 }
     log(
         f"{target.tool:<10} {phase:<7} {push.image:<26} {push.seconds:6.2f} s "
-        f"sent {push.sent / MB:8.2f} MB stored {push.stored / MB:8.2f} MB "
+        f"sent {push.sent / MB:8.2f} MB wire {push.wire_sent / MB:8.2f} MB "
+        f"stored {push.stored / MB:8.2f} MB "
         f"other CPU {push.other_cpu_s:4.1f} s" + ("" if push.ok else f"  FAILED {push.error}")
     )
     return push
@@ -360,7 +405,7 @@ def run_phase(
     ctx: dict[str, Any],
 ) -> list[Push]:
     """Fresh registry for ``tool``; (init and) push ``images`` in order."""
-    target = Target(tool, ctx["work"], ctx["corpus"], ctx["cs_bin"])
+    target = Target(tool, ctx["work"], ctx["corpus"], ctx["cs_bin"], ctx["link"], ctx["base_tree"])
     pushes: list[Push] = []
     try:
         init = target.init_cmd()
@@ -383,6 +428,7 @@ def _total(pushes: list[Push], tool: str, phase: str) -> dict[str, Any]:
     rows = [p for p in pushes if p.tool == tool and p.phase == phase and p.image != "(init)"]
     keys = ["seconds", "cpu_s", "sent", "received", "stored", "image_bytes"]
     keys += ["registry_cpu_s", "proxy_cpu_s", "other_cpu_s", "connections"]
+    keys += ["wire_sent", "wire_received"]
     out: dict[str, Any] = {k: sum(getattr(p, k) for p in rows) for k in keys}
     requests: Counter[str] = Counter()
     for p in rows:
@@ -394,58 +440,89 @@ def _total(pushes: list[Push], tool: str, phase: str) -> dict[str, Any]:
     return out
 
 
-def summarize(pushes: list[Push], rebuilt: str, base: str) -> dict[str, Any]:
-    """Per tool and phase totals, the push of ``rebuilt`` (after ``base``), the two ratios."""
-    totals = {f"{t}/{ph}": _total(pushes, t, ph) for t in TOOLS for ph in ("corpus", "rebuilt")}
+def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, key: str) -> float | None:
+    """``num[key] / den[key]`` when both pushes succeeded and the divisor is not zero."""
+    if not num or not den or not num["ok"] or not den["ok"] or not den[key]:
+        return None
+    return float(num[key]) / float(den[key])
+
+
+def summarize(
+    pushes: list[Push], rebuilt: str, base: str, tools: tuple[str, ...] = TOOLS
+) -> dict[str, Any]:
+    """Per tool and phase totals, the push of ``rebuilt`` (after ``base``), the ratios.
+
+    Speed ratios are skopeo's seconds / the tool's (above 1: the tool is faster); byte fractions
+    the tool's / skopeo's (on the wire when the link is shaped, else through the counting proxy).
+    """
+    totals = {f"{t}/{ph}": _total(pushes, t, ph) for t in tools for ph in ("corpus", "rebuilt")}
     second = {
         t: next(
             (asdict(p) for p in pushes if (p.tool, p.phase, p.image) == (t, "rebuilt", rebuilt)),
             None,
         )
-        for t in TOOLS
+        for t in tools
     }
     inits = [asdict(p) for p in pushes if p.image == "(init)"]
-    cs, sk = totals["chunkstore/corpus"], totals["skopeo/corpus"]
-    speed = sk["seconds"] / cs["seconds"] if cs["ok"] and sk["ok"] and cs["seconds"] else None
-    c2, s2 = second["chunkstore"], second["skopeo"]
-    sent_frac = stored_frac = None
-    if c2 and s2 and c2["ok"] and s2["ok"] and s2["sent"]:
-        sent_frac = c2["sent"] / s2["sent"]
-        stored_frac = c2["stored"] / s2["stored"] if s2["stored"] else None
+    sent = "wire_sent" if any(p.wire_sent for p in pushes) else "sent"
+    sk, s2 = totals[f"{SKOPEO}/corpus"], second[SKOPEO]
+    per_tool = {
+        t: {
+            "speed_ratio": _ratio(sk, totals[f"{t}/corpus"], "seconds"),
+            "rebuilt_speed_ratio": _ratio(s2, second[t], "seconds"),
+            "rebuilt_sent_fraction": _ratio(second[t], s2, sent),
+            "rebuilt_stored_fraction": _ratio(second[t], s2, "stored"),
+        }
+        for t in tools
+        if t != SKOPEO
+    }
     return {
         "totals": totals,
         "rebuilt_image": rebuilt,
         "rebuilt_base": base,
         "rebuilt_push": second,
         "inits": inits,
-        "speed_ratio": speed,
-        "rebuilt_sent_fraction": sent_frac,
-        "rebuilt_stored_fraction": stored_frac,
+        "bytes_counted": sent,
+        "per_tool": per_tool,
+        **per_tool["chunkstore"],
     }
 
 
-def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate(summary: dict[str, Any], mode: str) -> list[dict[str, Any]]:
     out = []
     cs, sk = summary["totals"]["chunkstore/corpus"], summary["totals"]["skopeo/corpus"]
-    speed = summary["speed_ratio"]
+    speed, target = summary["speed_ratio"], TARGET_SPEED_RATIO[mode]
     out.append(
         {
-            "name": "corpus push >= 1.5x faster than skopeo copy (skopeo s / chunkstore s)",
+            "name": f"corpus push >= {target}x faster than skopeo copy (skopeo s / chunkstore s)",
             "value": "-"
             if speed is None
             else f"{speed:.2f}x ({cs['seconds']:.1f} s vs skopeo {sk['seconds']:.1f} s)",
-            "ok": speed is not None and speed >= TARGET_SPEED_RATIO,
+            "ok": speed is not None and speed >= target,
         }
     )
-    frac = summary["rebuilt_sent_fraction"]
     c2, s2 = summary["rebuilt_push"]["chunkstore"], summary["rebuilt_push"]["skopeo"]
+    if mode == "shaped":
+        rspeed = summary["rebuilt_speed_ratio"]
+        out.append(
+            {
+                "name": f"{summary['rebuilt_image']} after {summary['rebuilt_base']}: "
+                f">= {TARGET_REBUILT_SPEED_RATIO:g}x faster than skopeo copy",
+                "value": "-"
+                if rspeed is None
+                else f"{rspeed:.2f}x ({c2['seconds']:.1f} s vs skopeo {s2['seconds']:.1f} s)",
+                "ok": rspeed is not None and rspeed >= TARGET_REBUILT_SPEED_RATIO,
+            }
+        )
+    frac, key = summary["rebuilt_sent_fraction"], summary["bytes_counted"]
+    where = "on the wire" if key == "wire_sent" else "sent"
     out.append(
         {
             "name": f"{summary['rebuilt_image']} after {summary['rebuilt_base']}: "
-            "bytes sent <= 5% of skopeo's",
+            f"bytes {where} <= 5% of skopeo's",
             "value": "-"
             if frac is None
-            else f"{frac:.2%} ({c2['sent'] / MB:.2f} MB vs skopeo {s2['sent'] / MB:.2f} MB)",
+            else f"{frac:.2%} ({c2[key] / MB:.2f} MB vs skopeo {s2[key] / MB:.2f} MB)",
             "ok": frac is not None and frac <= TARGET_REBUILT_BYTES_FRACTION,
         }
     )
@@ -471,6 +548,7 @@ def render_run(run: dict[str, Any], number: int) -> str:
             Column("MB/s", 7, ">"),
             Column("sent MB", 9, ">"),
             Column("recv MB", 8, ">"),
+            Column("wire MB", 8, ">"),
             Column("stored MB", 9, ">"),
             Column("conns", 5, ">"),
             Column("CPU s", 6, ">"),
@@ -488,6 +566,7 @@ def render_run(run: dict[str, Any], number: int) -> str:
             f"{p['image_bytes'] / MB / p['seconds']:.1f}" if p["image_bytes"] else "-",
             f"{p['sent'] / MB:.2f}",
             f"{p['received'] / MB:.2f}",
+            f"{(p['wire_sent'] + p['wire_received']) / MB:.2f}",
             f"{p['stored'] / MB:.2f}",
             str(p["connections"]),
             f"{p['cpu_s']:.1f}",
@@ -503,6 +582,7 @@ def render_run(run: dict[str, Any], number: int) -> str:
             Column("seconds", 8, ">"),
             Column("MB/s", 7, ">"),
             Column("sent MB", 9, ">"),
+            Column("wire MB", 8, ">"),
             Column("stored MB", 9, ">"),
             Column("CPU s", 6, ">"),
             Column("reg CPU", 7, ">"),
@@ -517,6 +597,7 @@ def render_run(run: dict[str, Any], number: int) -> str:
             f"{t['seconds']:.2f}",
             f"{t['mb_s']:.1f}",
             f"{t['sent'] / MB:.2f}",
+            f"{(t['wire_sent'] + t['wire_received']) / MB:.2f}",
             f"{t['stored'] / MB:.2f}",
             f"{t['cpu_s']:.1f}",
             f"{t['registry_cpu_s']:.1f}",
@@ -533,6 +614,20 @@ def render_run(run: dict[str, Any], number: int) -> str:
             f"        (registry storage growth for {s['rebuilt_image']}: chunkstore "
             f"{s['rebuilt_stored_fraction']:.2%} of skopeo's)"
         )
+    if len(s["per_tool"]) > 1:
+        lines += [
+            "",
+            "against skopeo in this run (speed: skopeo s / tool s; bytes: tool / skopeo):",
+        ]
+        for tool, r in s["per_tool"].items():
+            cells = [f"{k.replace('_', ' ')} {v:.4g}" for k, v in r.items() if v is not None]
+            lines.append(f"  {tool:<11} " + ", ".join(cells))
+        base, now = s["totals"][f"{BASE_TOOL}/corpus"], s["totals"]["chunkstore/corpus"]
+        if base["ok"] and now["ok"] and now["seconds"]:
+            lines.append(
+                f"  chunkstore vs {BASE_TOOL}: corpus push {base['seconds'] / now['seconds']:.2f}x "
+                f"faster ({now['seconds']:.2f} s vs {base['seconds']:.2f} s)"
+            )
     return "\n".join(lines)
 
 
@@ -545,8 +640,10 @@ def render(result: dict[str, Any]) -> str:
         f"chunkstore {result['git']}; {result['versions']['skopeo']}; "
         f"{result['versions']['registry']}",
         f"page cache: {result['page_cache']['mode']} ({result['page_cache']['reason']})",
+        f"link: {result['link']}",
         "MB/s = image bytes (manifest + config + compressed layers) per second; sent/recv = "
-        "bytes client->registry / back through the\ncounting proxy (HTTP included); stored = "
+        "bytes client->registry / back through the\ncounting proxy (HTTP included); wire = both "
+        "ways on the shaped link (TCP/IP included); stored = "
         "growth of the registry's blob store; conns = TCP connections; CPU s = the client's;\n"
         "reg CPU = the registry's; other CPU = the rest of the machine during the push (noise); "
         "requests: H=HEAD G=GET O=POST A=PATCH U=PUT D=DELETE",
@@ -575,6 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         default=120,
         help="seconds to wait in all for other processes to go quiet before pushes (120)",
     )
+    ap.add_argument(
+        "--no-shape", action="store_true", help="registries on loopback, no shaped link"
+    )
+    ap.add_argument("--rate-mbit", type=float, default=100.0, help="link rate (100 Mbit/s)")
+    ap.add_argument("--rtt-ms", type=float, default=50.0, help="link round trip (50 ms)")
+    ap.add_argument(
+        "--base-tree",
+        type=Path,
+        help=f"also push with chunkstore from this checkout (PYTHONPATH), as tool {BASE_TOOL}",
+    )
     args = ap.parse_args(argv)
     corpus: Path = args.corpus.resolve()
     layout = corpus / "oci"
@@ -602,7 +709,22 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-registry-", dir=out))
     cache = PageCache(force_warm=args.warm)
     quiet = Quiet(args.max_wait)
+    link: ShapedLink | None = None
+    mode, link_text = "loopback", "loopback (--no-shape)"
+    if not args.no_shape:
+        link = ShapedLink(rate_mbit=args.rate_mbit, rtt_ms=args.rtt_ms)
+        try:
+            link.start()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            link.close()
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"bench_registry: cannot shape a link ({exc}); try --no-shape", file=sys.stderr)
+            return 2
+        mode, link_text = "shaped", link.describe()
+    tools = (*TOOLS, BASE_TOOL) if args.base_tree else TOOLS
     ctx = {
+        "link": link,
+        "base_tree": args.base_tree.resolve() if args.base_tree else None,
         "work": work,
         "corpus": corpus,
         "cs_bin": chunkstore_binary(),
@@ -610,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": quiet,
         "keep": args.keep,
     }
-    log(f"page cache: {cache.mode}; work directory {work}")
+    log(f"page cache: {cache.mode}; link: {link_text}; work directory {work}")
     runs = []
     failures: list[str] = []
     try:
@@ -622,20 +744,22 @@ def main(argv: list[str] | None = None) -> int:
                 ("corpus", images),
                 ("rebuilt", [by_ref[rebuilt_base], by_ref[rebuilt]]),
             ):
-                for tool in TOOLS:
+                for tool in tools:
                     pushes += run_phase(tool, phase, phase_images, ctx)
             failures += [f"{p.tool} {p.phase} {p.image}: {p.error}" for p in pushes if not p.ok]
-            summary = summarize(pushes, rebuilt, rebuilt_base)
+            summary = summarize(pushes, rebuilt, rebuilt_base, tools)
             runs.append(
                 {
                     "date": date,
                     "pushes": [asdict(p) for p in pushes],
                     "summary": summary,
-                    "targets": evaluate(summary),
+                    "targets": evaluate(summary, mode),
                     "machine_busy_cpu_s": machine_cpu()[0] - busy0,
                 }
             )
     finally:
+        if link is not None:
+            link.close()
         if args.keep:
             log(f"kept {work}")
         else:
@@ -652,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": str(corpus),
         "images": [{"ref": i.ref, "blobs": i.blobs, "bytes": i.stored_bytes} for i in images],
         "page_cache": {"mode": cache.mode, "reason": cache.reason},
+        "link": link_text,
+        "link_mode": mode,
         "runs": runs,
         "failures": failures,
         "waited_s": quiet.waited_s,
