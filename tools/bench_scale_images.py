@@ -10,8 +10,10 @@ time-to-ready do not grow with the number of tags.
 
 The repository is filled by ``tools/make_many_images.py`` (variants of ``bookworm-minbase`` with
 a few changed files and 2 MiB of new bytes each, two layers, the base shared). At 0 images and
-then at every size, each measured ``--repeat`` times (the median is reported), every command a
-fresh ``chunkstore`` process with the repository's warm cache:
+then at every size, a snapshot of the repository is kept (packs hard-linked, cache copied); then
+``--repeat`` rounds run every job at every size in turn (so a busy moment of a shared machine
+hits all sizes alike; the fastest run and the median are reported, ratios of the fastest), every
+command a fresh ``chunkstore`` process with the repository's warm cache:
 
 * ``backup``: ``chunkstore backup oci:CORPUS/oci:PROBE -t probe`` (``bookworm-python3``, not a
   variant) into a copy of the repository as it is (packs hard-linked, the cache copied), so
@@ -72,6 +74,8 @@ class Point:
     """The figures at one repository size."""
 
     images: int
+    repo: str = ""  # a snapshot of the repository at this size
+    cache: str = ""  # and of its cache
     records: int = 0
     index_files: int = 0
     packs: int = 0
@@ -86,6 +90,10 @@ class Point:
     def median(self, job: str) -> float | None:
         runs = self.seconds.get(job)
         return statistics.median(runs) if runs else None
+
+    def fastest(self, job: str) -> float | None:
+        runs = self.seconds.get(job)
+        return min(runs) if runs else None
 
 
 def _shape(repo: Path, cache: Path, point: Point) -> None:
@@ -150,32 +158,34 @@ class Bench:
             raise RuntimeError(f"{' '.join(cmd)} failed ({m.returncode}): {m.stderr[-2000:]}")
         return m
 
-    def backup(self, point: Point, repeat: int) -> None:
+    def backup(self, point: Point, k: int) -> None:
+        """The probe backed up into a copy of the point's repository (``k``: the round)."""
         source = f"oci:{self.corpus / 'oci'}:{self.probe}"
-        for k in range(repeat):
-            with _copy_of(self.repo, self.cache, self.work / f"copy-{k}") as (repo, cache):
-                cmd = self.cmd(repo, cache, "backup", source, "-t", PROBE_TAG)
-                _record(point, "backup", self._run(cmd, [*self.probe_inputs, repo, cache]))
+        where = self.work / f"copy-{point.images}-{k}"
+        with _copy_of(Path(point.repo), Path(point.cache), where) as (repo, cache):
+            cmd = self.cmd(repo, cache, "backup", source, "-t", PROBE_TAG)
+            _record(point, "backup", self._run(cmd, [*self.probe_inputs, repo, cache]))
 
-    def reads(self, point: Point, repeat: int) -> None:
+    def reads(self, point: Point) -> None:
+        """``tags``, ``ls-image`` and the mount, once each."""
         name = variant_ref(0)
-        inputs = [self.repo, self.cache]
-        for _ in range(repeat):
-            _record(point, "tags", self._run(self.cmd(self.repo, self.cache, "tags"), inputs))
-            cmd = self.cmd(self.repo, self.cache, "ls-image", name, "/")
-            _record(point, "ls-image", self._run(cmd, inputs))
-            self.pages.prepare(inputs)
-            self.quiet.wait()
-            point.seconds.setdefault("mount ready", []).append(self.mount_ready(name))
+        repo, cache = Path(point.repo), Path(point.cache)
+        inputs = [repo, cache]
+        _record(point, "tags", self._run(self.cmd(repo, cache, "tags"), inputs))
+        cmd = self.cmd(repo, cache, "ls-image", name, "/")
+        _record(point, "ls-image", self._run(cmd, inputs))
+        self.pages.prepare(inputs)
+        self.quiet.wait()
+        point.seconds.setdefault("mount ready", []).append(self.mount_ready(repo, cache, name))
 
-    def mount_ready(self, name: str) -> float:
+    def mount_ready(self, repo: Path, cache: Path, name: str) -> float:
         """Seconds from starting ``chunkstore mount`` to its ready line; then unmounted."""
         mnt = self.work / "mnt"
         mnt.mkdir(exist_ok=True)
         chunks = self.work / "mount-chunks"
         shutil.rmtree(chunks, ignore_errors=True)
         cmd = [
-            *self.cmd(self.repo, self.cache, "mount", name, str(mnt)),
+            *self.cmd(repo, cache, "mount", name, str(mnt)),
             "--cache-dir",
             str(chunks),
         ]
@@ -211,7 +221,7 @@ class Bench:
 
 
 def ratios(points: list[Point]) -> dict[str, dict[int, float]]:
-    """job -> images -> median / the median at the smallest non-empty repository measured.
+    """job -> images -> fastest run / the fastest at the smallest non-empty repository measured.
 
     The backup is compared with a repository that already holds the variants' base (one image),
     not with the empty one: into the empty repository the probe stores the base's files too, so
@@ -219,7 +229,7 @@ def ratios(points: list[Point]) -> dict[str, dict[int, float]]:
     """
     out: dict[str, dict[int, float]] = {}
     for job in JOBS:
-        have = [(p.images, p.median(job)) for p in points if p.median(job) is not None]
+        have = [(p.images, p.fastest(job)) for p in points if p.fastest(job) is not None]
         base = next((s for n, s in have if n > 0), None)
         if base is None:
             continue
@@ -249,10 +259,10 @@ def evaluate(points: list[Point]) -> list[dict[str, Any]]:
 
 
 def _cell(p: Point, job: str, base: dict[int, float]) -> str:
-    s = p.median(job)
-    if s is None:
+    s, m = p.fastest(job), p.median(job)
+    if s is None or m is None:
         return "-"
-    return f"{s:.2f} ({base.get(p.images, 0.0):.2f}x)"
+    return f"{s:.2f} / {m:.2f} ({base.get(p.images, 0.0):.2f}x)"
 
 
 def render(result: dict[str, Any], points: list[Point]) -> tuple[str, list[str]]:
@@ -260,8 +270,8 @@ def render(result: dict[str, Any], points: list[Point]) -> tuple[str, list[str]]
     lines = [
         f"bench_scale_images: a new image ({result['probe']}) and reads of {variant_ref(0)}, "
         f"against the number of images in the repository; {machine_line(result['machine'])}",
-        f"chunkstore {result['git']}; page cache {result['page_cache']}; median of "
-        f"{result['repeat']} runs each; other CPU-s during the runs: {result['other_cpu_s']:.0f}",
+        f"chunkstore {result['git']}; page cache {result['page_cache']}; "
+        f"{result['repeat']} rounds; other CPU-s during the runs: {result['other_cpu_s']:.0f}",
         "",
     ]
     table = Table(
@@ -272,7 +282,7 @@ def render(result: dict[str, Any], points: list[Point]) -> tuple[str, list[str]]
             Column("packs", 6, ">"),
             Column("blobs", 7, ">"),
             Column("repo MB", 8, ">"),
-            *(Column((job, "s (ratio)"), 14, ">") for job in JOBS),
+            *(Column((job, "s (ratio)"), 20, ">") for job in JOBS),
         ]
     )
     md_rows = []
@@ -290,7 +300,8 @@ def render(result: dict[str, Any], points: list[Point]) -> tuple[str, list[str]]
         md_rows.append([cells[0], cells[1], cells[3], cells[4], *cells[6:]])
     lines += table.text()
     lines.append(
-        "s = median wall seconds of one chunkstore process; ratio = to the smallest non-empty "
+        "s = wall seconds of one chunkstore process, fastest / median run; ratio (of the fastest) = "
+        "to the smallest non-empty "
         "repository (the empty one\nstores the base's files too: more work, not comparable)"
     )
     lines.append("")
@@ -351,12 +362,19 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{n} images in the repository ({point.fill_s:.1f} s to add {len(refs)})")
                 have = n
             _shape(bench.repo, bench.cache, point)
-            log(f"{n} images: backup of {args.probe}")
-            bench.backup(point, args.repeat)
-            if n > 0:
-                log(f"{n} images: tags, ls-image, mount")
-                bench.reads(point, args.repeat)
+            snap = work / f"at-{n}"
+            snap.mkdir()
+            point.repo, point.cache = str(snap / "repo"), str(snap / "cache")
+            run_checked(["cp", "-al", str(bench.repo), point.repo])
+            run_checked(["cp", "-a", str(bench.cache), point.cache])
             points.append(point)
+        # Rounds over every size, so that a busy moment of the machine hits all sizes alike.
+        for k in range(args.repeat):
+            for point in points:
+                log(f"round {k + 1}/{args.repeat}, {point.images} images")
+                bench.backup(point, k)
+                if point.images > 0:
+                    bench.reads(point)
     except RuntimeError as exc:
         failures.append(str(exc))
         log(f"FAILED: {exc}")
