@@ -105,6 +105,12 @@ _HELPER_WORKERS = 16
 _CONTENT_NAMED = frozenset({FileType.KEY, FileType.PACK, FileType.INDEX, FileType.RECORD})
 #: Types whose files may be replaced (their manifests are never cached).
 _MUTABLE = frozenset({FileType.CONFIG, FileType.LOCK})
+#: Whole files other than packs up to this size, written or read here, are kept in memory...
+_KEEP_MAX = 1 << 20
+#: ... up to this many bytes in all.
+_KEEP_TOTAL = 32 << 20
+#: A tag listing is answered again for this long while this backend writes nothing (see list).
+_LIST_REUSE_S = 0.5
 
 
 class RegistryBackend:
@@ -120,6 +126,13 @@ class RegistryBackend:
         #: Every read is a round trip: the repository keeps verified metadata blobs on disk.
         self.cache_metadata = True
         self._entries: dict[Handle, _Entry] = {}
+        #: Mutable files (locks, the config) as this backend last pushed them (see load).
+        self._own: dict[Handle, _Entry] = {}
+        #: Whole small files written or read (verified) here: records, index files, keys, locks.
+        self._kept: dict[Handle, bytes] = {}
+        self._kept_total = 0
+        self._writes = 0  # files saved or removed: a listing made before one is not reused
+        self._listing: tuple[int, float, list[str]] | None = None  # writes, when, tags
         self._lock = threading.Lock()
         self._empty_uploaded = False
         #: A save's side requests (existence checks, the empty blob, cancels); threads start lazily.
@@ -210,10 +223,27 @@ class RegistryBackend:
         manifest = file_manifest(handle, blob, len(data))
         digest = self._put_manifest(handle, manifest, blob, len(data))
         with self._lock:
-            if handle.type in _MUTABLE:
-                self._entries.pop(handle, None)
-            else:
-                self._entries[handle] = _Entry(blob, len(data), digest)
+            own = self._own if handle.type in _MUTABLE else self._entries
+            own[handle] = _Entry(blob, len(data), digest)
+            self._writes += 1
+        self._keep(handle, data)
+
+    def _keep(self, handle: Handle, data: bytes) -> None:
+        """Keep a whole small file (not a pack) in memory, within _KEEP_TOTAL bytes in all."""
+        if handle.type is FileType.PACK or len(data) > _KEEP_MAX:
+            return
+        with self._lock:
+            self._kept_total -= len(self._kept.pop(handle, b""))
+            if self._kept_total + len(data) <= _KEEP_TOTAL:
+                self._kept[handle] = data
+                self._kept_total += len(data)
+
+    def _forget(self, handle: Handle) -> _Entry | None:
+        """Drop what is known of a file; its manifest entry as known here (None: not known)."""
+        with self._lock:
+            self._writes += 1
+            self._kept_total -= len(self._kept.pop(handle, b""))
+            return self._own.pop(handle, None) or self._entries.pop(handle, None)
 
     def _holds(
         self, handle: Handle, entry: _Entry | None, blob: Digest, size: int, overwrite: bool
@@ -304,10 +334,15 @@ class RegistryBackend:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def remove(self, handle: Handle) -> None:
-        """Delete the file's manifest (its tag goes with it; the registry's GC frees the blob)."""
-        entry = self._require(handle)
-        with self._lock:
-            self._entries.pop(handle, None)
+        """Delete the file's manifest (its tag goes with it; the registry's GC frees the blob).
+
+        A lock (or the config) this backend pushed is deleted by the digest it pushed: only its
+        owner re-points a lock, so while the lock is there its tag holds that manifest.
+        """
+        entry = self._forget(handle)
+        if entry is None:
+            entry = self._require(handle)
+            self._forget(handle)
         try:
             self._client.delete_manifest(entry.manifest)
         except RegistryObjectMissing as exc:
@@ -321,39 +356,58 @@ class RegistryBackend:
         such a file is first asked for directly as the blob of that digest (saving the manifest
         round trip; a whole file is checked against the digest, a range is checked by the blob
         codec of whoever decodes it); only when the registry has no such blob is the file's
-        manifest consulted.
+        manifest consulted. Small whole files (not packs) written or read here whole are kept in
+        memory and served from there: the bytes this backend hashed when it wrote or verified
+        them. A lock of this backend's is its own last push (only its owner re-points a lock).
         """
         if offset < 0 or (length is not None and length < 0):
             raise UsageError(f"invalid read of {handle}: offset {offset}, length {length}")
         with self._lock:
             known = self._entries.get(handle)
+            kept = self._kept.get(handle)
+        if kept is not None:
+            return kept[offset : _end(handle, len(kept), offset, length)]
         wanted = offset == 0 if length is None else length > 0
         if known is None and handle.type in _CONTENT_NAMED and wanted:
             direct = Digest("sha256", bytes.fromhex(handle.name))
             try:
-                if length is None:
-                    return self._client.get_blob(direct)
-                return self._client.get_blob_range(direct, offset, length)
+                if length is not None:
+                    return self._client.get_blob_range(direct, offset, length)
+                data = self._client.get_blob(direct)
+                self._keep(handle, data)
+                return data
             except RegistryObjectMissing:
                 pass  # not named by its content (or gone): the manifest decides
         entry = self._require(handle)
-        end = entry.size if length is None else offset + length
-        if end > entry.size or offset > entry.size:
-            have = max(0, entry.size - offset)
-            raise ShortRead(
-                f"{handle}: wanted {end - offset} bytes from offset {offset}, only {have} there "
-                f"(the file has {entry.size})"
-            )
+        end = _end(handle, entry.size, offset, length)
         if offset == 0 and end == entry.size:
-            return self._client.get_blob(entry.blob, entry.size)
+            data = self._client.get_blob(entry.blob, entry.size)
+            if handle.type not in _MUTABLE:
+                self._keep(handle, data)
+            return data
         return self._client.get_blob_range(entry.blob, offset, end - offset, blob_size=entry.size)
 
     def _tags(self) -> list[str]:
-        """Every tag; none when the registry does not know the repository yet (no manifest)."""
+        """Every tag; none when the registry does not know the repository yet (no manifest).
+
+        A listing is a snapshot, so answering one made less than _LIST_REUSE_S ago is the same as
+        having been asked that much earlier; it is reused only while this backend has saved and
+        removed nothing since it began, so a caller always sees its own writes (a lock, then the
+        listing that looks for others' locks). Back-to-back listings (locks, then records) then
+        cost one round trip.
+        """
+        now = time.monotonic()
+        with self._lock:
+            writes, last = self._writes, self._listing
+        if last is not None and last[0] == writes and now - last[1] < _LIST_REUSE_S:
+            return list(last[2])
         try:
-            return self._client.list_tags()
+            tags = self._client.list_tags()
         except RegistryObjectMissing:
-            return []
+            tags = []
+        with self._lock:
+            self._listing = (writes, now, tags)
+        return list(tags)
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         """Every file of ``file_type`` (tags with its prefix), sizes from their manifests."""
@@ -372,8 +426,10 @@ class RegistryBackend:
                         continue  # not a file tag of ours (a foreign tag with our prefix)
         if not handles:
             return iter(())
+        with self._lock:
+            own = dict(self._own)
         with ThreadPoolExecutor(max_workers=_LIST_WORKERS) as pool:
-            entries = list(pool.map(self._entry, handles))
+            entries = list(pool.map(lambda h: own.get(h) or self._entry(h), handles))
         return iter(
             [FileInfo(h, e.size) for h, e in zip(handles, entries, strict=True) if e is not None]
         )
@@ -392,7 +448,18 @@ class RegistryBackend:
         handles = [record, *files]
 
         def served(handle: Handle) -> tuple[_Entry, int | None]:
-            entry = self._require(handle)
+            # A content-named file's blob is its name: asked for alongside its manifest.
+            guess = named = None
+            if handle.type in _CONTENT_NAMED and handle not in self._entries:
+                named = Digest("sha256", bytes.fromhex(handle.name))
+                guess = self._helpers.submit(self._client.head_blob, named)
+            try:
+                entry = self._require(handle)
+            finally:
+                if guess is not None:
+                    guess.exception()
+            if guess is not None and entry.blob == named:
+                return entry, guess.result()
             return entry, self._client.head_blob(entry.blob)
 
         with ThreadPoolExecutor(max_workers=_LIST_WORKERS) as pool:
@@ -440,6 +507,17 @@ class RegistryBackend:
         """Finish the side requests still running, then close the client's connections."""
         self._helpers.shutdown(wait=True)
         self._client.close()
+
+
+def _end(handle: Handle, size: int, offset: int, length: int | None) -> int:
+    """Where a read of ``length`` bytes (None: the rest) from ``offset`` ends; else ShortRead."""
+    end = size if length is None else offset + length
+    if end > size or offset > size:
+        raise ShortRead(
+            f"{handle}: wanted {end - offset} bytes from offset {offset}, only "
+            f"{max(0, size - offset)} there (the file has {size})"
+        )
+    return end
 
 
 def open_registry_backend(text: str, remote: RemoteOptions) -> RegistryBackend:
