@@ -71,33 +71,27 @@ def _check_encodable(value: Any, depth: int) -> None:
         raise LimitExceeded(f"nesting deeper than {MAX_DEPTH}")
     t = type(value)
     if t is list or t is tuple:
-        for v in value:
-            tv = type(v)
-            if tv in _SCALARS and depth < MAX_DEPTH:
-                continue
-            if tv is int and _INT_LOW <= v < _INT_HIGH and depth < MAX_DEPTH:
-                continue
-            if tv is Digest and depth + 2 <= MAX_DEPTH:
-                continue
-            _check_encodable(v, depth + 1)
-        return
-    if t is dict:
-        for k, v in value.items():
+        values = value
+    elif t is dict:
+        for k in value:
             tk = type(k)
             if not ((tk is str or tk is bytes) and depth < MAX_DEPTH):
                 if isinstance(k, bool) or not isinstance(k, int | str | bytes):
                     raise TypeError("map keys must be integers, text or bytes")
                 _check_encodable(k, depth + 1)
-            tv = type(v)
-            if tv in _SCALARS and depth < MAX_DEPTH:
-                continue
-            if tv is int and _INT_LOW <= v < _INT_HIGH and depth < MAX_DEPTH:
-                continue
-            if tv is Digest and depth + 2 <= MAX_DEPTH:
-                continue
-            _check_encodable(v, depth + 1)
+        values = value.values()
+    else:
+        _check_other(value, depth)
         return
-    _check_other(value, depth)
+    for v in values:
+        tv = type(v)
+        if tv in _SCALARS and depth < MAX_DEPTH:
+            continue
+        if tv is int and _INT_LOW <= v < _INT_HIGH and depth < MAX_DEPTH:
+            continue
+        if tv is Digest and depth + 2 <= MAX_DEPTH:
+            continue
+        _check_encodable(v, depth + 1)
 
 
 def _check_other(value: Any, depth: int) -> None:
