@@ -16,7 +16,7 @@ and one small layer of its own, like an application image built on a shared base
 
 gzip'd by Python's zlib (level 6, no name, mtime 0); its config is the base's with the layer's
 diff_id and a history entry appended. With ``--repo``, the variants are then backed up one by one
-(``chunkstore backup``'s code, in this process, so a hundred take about a minute rather than a
+(``chunkstore backup``'s code, in this process: a hundred take two to three minutes, without a
 hundred interpreter starts): the repository holds N tags, N records, one index file and one or
 more packs per backup, the base layer stored once and reused by every later backup.
 """
