@@ -272,12 +272,17 @@ class Chunker:
         capacity = self._buffer_size
         buffer, self._spare = self._spare or bytearray(capacity), None
         try:
-            yield from self._chunks_into(fill, buffer, capacity, max_size)
+            yield from self._chunks_into(fill, buffer, capacity, max_size, self._params.min_size)
         finally:
             self._spare = buffer
 
     def _chunks_into(
-        self, fill: Callable[[memoryview], int], buffer: bytearray, capacity: int, max_size: int
+        self,
+        fill: Callable[[memoryview], int],
+        buffer: bytearray,
+        capacity: int,
+        max_size: int,
+        min_size: int,
     ) -> Iterator[bytes]:
         with memoryview(buffer) as whole:
             filled = 0
@@ -290,6 +295,11 @@ class Chunker:
                         break
                     filled += n
                 if filled == 0:
+                    return
+                if eof and filled <= min_size:
+                    # FastCDC never cuts before min_size: the rest is one chunk (most files of
+                    # an image are this small, and the native call would cost a GIL hand-off).
+                    yield bytes(whole[:filled])
                     return
                 done = 0
                 with whole[:filled] as view:
