@@ -69,6 +69,8 @@ ERROR_BODY_LIMIT = 64 << 10
 _WRITE_PIECE = 64 << 10
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 5
+#: Unread answers up to this size are read to their end, so their connection is kept.
+_DRAIN_MAX = 64 << 10
 _USER_AGENT = "chunkstore/0.1"
 _CONTENT_RANGE = re.compile(r"\Abytes ([0-9]+)-([0-9]+)/([0-9]+|\*)\Z")
 
@@ -111,6 +113,27 @@ class _Body(httpx.SyncByteStream):
             if time.monotonic() > self._deadline:
                 raise RegistryUnavailable(f"{self._what} did not finish before its deadline")
             yield bytes(view[start : start + _WRITE_PIECE])
+
+
+def _drain(response: httpx.Response, method: str) -> None:
+    """Read the rest of a small answer the caller left unread, keeping its connection.
+
+    A connection whose answer was not read to its end cannot carry another request, so closing
+    such an answer closes the connection, and the next request pays a new TCP (and TLS)
+    handshake: a round trip or more on a real link, for most HEAD, POST and PUT answers. Only
+    answers that finished normally and announce at most _DRAIN_MAX bytes are read; others are
+    closed with their connection.
+    """
+    if response.is_stream_consumed or response.is_closed:
+        return
+    length = response.headers.get("content-length", "")
+    if method != "HEAD" and not (length.isdigit() and int(length) <= _DRAIN_MAX):
+        return
+    try:
+        for _ in response.iter_raw():
+            pass
+    except httpx.HTTPError:
+        pass  # the connection is closed with the answer
 
 
 @dataclass(slots=True)
@@ -289,6 +312,7 @@ class RegistryHTTP:
                 continue
             try:
                 yield Reply(response, deadline, what)
+                _drain(response, method)
             finally:
                 response.close()
             return
