@@ -21,6 +21,7 @@ from chunkstore.backends.registry import (
 from chunkstore.errors import CorruptMetadata, NotFound, RegistryError
 from chunkstore.registry.client import RegistryClient
 from chunkstore.testing.backend_suite import BackendContract, handle_for, payload
+from chunkstore.testing.http_faults import FaultProxy
 from index.ids import Digest
 from tests.integration.registry_fixture import RunningRegistry
 
@@ -33,7 +34,11 @@ _open_clients: list[RegistryClient] = []
 
 
 def _client(registry: RunningRegistry, name: str) -> RegistryClient:
-    client = RegistryClient(registry.host, name, plain_http=True, retries=1, backoff=0.01)
+    return _client_at(registry.host, name)
+
+
+def _client_at(host: str, name: str) -> RegistryClient:
+    client = RegistryClient(host, name, plain_http=True, retries=1, backoff=0.01)
     _open_clients.append(client)
     return client
 
@@ -149,3 +154,53 @@ def test_content_named_files_are_read_without_their_manifest(
     other = handle_for(FileType.PACK, "not content named")
     reg_backend.save(other, data)
     assert fresh.load(other, 10, 5) == data[10:15]
+
+
+def test_saving_a_content_named_file_asks_for_no_manifest(registry: RunningRegistry) -> None:
+    """A new pack: HEAD (with the POST), PUT, the confirming HEAD, the manifest; nothing more."""
+    with FaultProxy(registry.host) as proxy:
+        backend = RegistryBackend(_client_at(proxy.host, f"backend/t{next(_names)}"))
+        backend.create()
+        data = payload("requests", 20_000)
+        handle = Handle(FileType.PACK, hashlib.sha256(data).hexdigest())
+        before = len(proxy.seen)
+        backend.save(handle, data)
+        asked = [(s.method, s.target.split("/")[4]) for s in proxy.seen[before:]]
+        blob = f"blobs/sha256:{handle.name}"
+        assert sorted(asked[:2]) == [("HEAD", "blobs"), ("POST", "blobs")]
+        assert asked[2:] == [("PUT", "blobs"), ("HEAD", "blobs"), ("PUT", "manifests")]
+        assert [s.target for s in proxy.seen[before:] if s.method == "HEAD"] == [
+            f"/v2/{backend._client.name}/{blob}"
+        ] * 2
+        backend.save(handle, data)  # known here: no request at all
+        assert len(proxy.seen) == before + 5
+        backend.close()
+    fresh = RegistryBackend(_client(registry, backend._client.name))
+    assert fresh.load(handle) == data
+
+
+def test_own_lock_is_listed_read_and_removed_without_its_manifest(
+    registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock this backend pushed: one tag listing (reused while it writes nothing), the DELETE."""
+    import chunkstore.backends.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_LIST_REUSE_S", 3600.0)  # no timing in the test
+    with FaultProxy(registry.host) as proxy:
+        backend = RegistryBackend(_client_at(proxy.host, f"backend/t{next(_names)}"))
+        backend.create()
+        lock = handle_for(FileType.LOCK, "mine")
+        backend.save(lock, b"lock v1")
+        before = len(proxy.seen)
+        assert [i.handle for i in backend.list(FileType.LOCK)] == [lock]
+        assert backend.load(lock) == b"lock v1"
+        assert [i.size for i in backend.list(FileType.LOCK)] == [7]
+        backend.remove(lock)
+        asked = proxy.seen[before:]
+        assert [s.method for s in asked] == ["GET", "DELETE"]
+        assert asked[0].target.endswith("/tags/list") and "/manifests/sha256:" in asked[1].target
+        assert list(backend.list(FileType.LOCK)) == []  # written since: listed again
+        assert proxy.seen[-1].target.endswith("/tags/list")
+        backend.close()
+    fresh = RegistryBackend(_client(registry, backend._client.name))
+    assert not fresh.exists(lock)

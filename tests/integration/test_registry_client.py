@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import threading
 
 import httpx
 import pytest
@@ -221,3 +224,58 @@ def test_skopeo_inspects_a_pushed_image(registry: RunningRegistry) -> None:
     assert info["Digest"] == str(digest)
     assert info["Layers"] == [str(layer_digest)]
     assert info["Architecture"] == "amd64" and info["Os"] == "linux"
+
+
+class _ConnectionCounter:
+    """A TCP forwarder to the registry that counts the connections clients open through it."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.rpartition(":")
+        self._upstream = (host, int(port))
+        self._listen = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._listen.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listen.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self._upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listen.close()
+
+
+def test_one_connection_carries_requests_whose_answers_are_not_read(
+    registry: RunningRegistry,
+) -> None:
+    """HEAD, POST and PUT answers (and 404s) are read to their end: the connection is reused."""
+    counter = _ConnectionCounter(registry.host)
+    try:
+        with RegistryClient(counter.host, "it/reuse", plain_http=True) as client:
+            client.ping()
+            digest = client.put_blob(b"reused connection" * 100)  # HEAD 404, POST, PUT
+            assert client.head_blob(digest) == 1700
+            assert client.head_blob(sha256(b"absent")) is None
+            session = client.open_upload()
+            client.put_blob(b"second blob", session=session)
+            with pytest.raises(RegistryObjectMissing):
+                client.get_manifest("absent")
+            assert client.get_blob(digest) == b"reused connection" * 100
+        assert counter.connections == 1
+    finally:
+        counter.close()
