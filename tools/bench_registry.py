@@ -1,39 +1,54 @@
 #!/usr/bin/env python3
 """Registry benchmark: ``chunkstore backup`` into a registry repository against ``skopeo copy``.
 
-Targets (the registry issue), measured in one run on the corpus built by ``tools/build_corpus``:
+Targets, measured in one run on the corpus built by ``tools/build_corpus`` (ratio = skopeo seconds
+/ chunkstore seconds, above 1 when chunkstore is faster):
 
-* pushing the corpus images to a registry over loopback >= 1.5x faster than ``skopeo copy`` of
-  the same images from their OCI layout (ratio = skopeo seconds / chunkstore seconds);
-* pushing ``bookworm-python3-rebuilt`` (the same files bootstrapped again: new layer digest)
-  right after ``bookworm-python3`` sends <= 5% of the bytes skopeo sends for it. (The issue says
-  "the rebuilt minbase"; the corpus has a rebuilt python3 image, not a rebuilt minbase.)
+* on the shaped link (issue 13, the default): the corpus push >= 1.3x faster than ``skopeo copy``
+  of the same images from their OCI layout, and the push of the rebuilt image (the same files
+  bootstrapped again: new layer digest) right after its original >= 20x faster;
+* on loopback (``--no-shape``, the earlier registry issue): the corpus push >= 1.5x faster;
+* both: the rebuilt image's push sends <= 5% of the bytes skopeo sends for it (counted on the
+  wire when the link is shaped, else through the counting proxy).
 
 Usage::
 
-    .venv/bin/python tools/bench_registry.py [--corpus DIR] [--out DIR]
-        [--repeat N] [--images REF ...] [--keep] [--warm] [--max-wait S]
+    .venv/bin/python tools/bench_registry.py [--corpus DIR] [--out DIR] [--repeat N]
+        [--images REF ...] [--keep] [--warm] [--max-wait S]
+        [--no-shape] [--rate-mbit 100] [--rtt-ms 50] [--base-tree DIR]
+
+The link (``benchlib.shaped_link``, root, ``ip`` and ``tc``): every registry runs in a network
+namespace on one end of a veth pair shaped with ``tc tbf rate 100mbit`` on both ends; a client
+reaches it through ``tools/delay_proxy.py`` (25 ms each way: this kernel has no ``netem``) on the
+host. Bytes on the wire are the veth's counters (TCP/IP included). ``--no-shape``: registries on
+127.0.0.1, no delay, no rate.
 
 What it does, per run (``--repeat`` runs it again and reports every run):
 
 1. Phase ``corpus``: for each tool, a fresh registry (Debian's ``/usr/bin/docker-registry``,
-   distribution 2.8, filesystem storage in a temporary directory, 127.0.0.1 at a free port,
-   access log on, started by ``chunkstore.testing.registry_server`` like the tests' registry),
-   so neither tool benefits from the other's blobs. chunkstore: ``chunkstore --repo registry:HOST/bench init``
-   (untimed, its own row), then ``chunkstore --repo registry:HOST/bench backup
-   oci:CORPUS/oci:REF --tag REF`` per image, with a fresh ``--cache-dir``. skopeo: ``skopeo copy
-   --dest-tls-verify=false oci:CORPUS/oci:REF docker://HOST/plain/REF:latest`` per image (one
-   registry repository per image, as one would push them; skopeo may mount a layer it already
-   pushed to another repository of the same registry, which is fair registry-side dedup).
-   Images in the order of ``tools/bench_images.py`` (the rebuilt image right after its original).
-2. Phase ``rebuilt``: again fresh registries, ``bookworm-python3`` then
-   ``bookworm-python3-rebuilt`` with each tool; the second push's bytes are the second target.
+   distribution 2.8, filesystem storage in a temporary directory, access log on, started by
+   ``chunkstore.testing.registry_server`` like the tests' registry), so no tool benefits from
+   another's blobs. chunkstore: ``chunkstore --repo registry:HOST/bench init`` (untimed, its own
+   row), then ``chunkstore --repo registry:HOST/bench backup oci:CORPUS/oci:REF --tag REF`` per
+   image, with a fresh ``--cache-dir``. skopeo: ``skopeo copy --dest-tls-verify=false
+   oci:CORPUS/oci:REF docker://HOST/plain/REF:latest`` per image (one registry repository per
+   image, as one would push them; skopeo may mount a layer it already pushed to another
+   repository of the same registry, which is fair registry-side dedup). Images in the order of
+   ``tools/bench_images.py`` (the rebuilt image right after its original).
+2. Phase ``rebuilt``: again fresh registries, the original then the rebuilt image (the first
+   pair of ``benchlib.corpus.REBUILT_PAIRS`` in the corpus) with each tool; the second push is
+   the incremental one the targets speak of.
 
-Both tools talk to the registry through a counting TCP proxy in this process (127.0.0.1, own
-port, one thread per direction per connection): ``sent`` is every byte the client sent (HTTP
-request lines, headers and bodies), ``received`` every byte it got back. The registry's storage
-growth (apparent size of the files under ``docker/registry/v2/blobs``) is reported as well:
-what the registry kept. Requests per HTTP method come from the registry's access log.
+``--base-tree DIR`` adds a tool ``cs-base``: the same ``chunkstore`` command with
+``PYTHONPATH=DIR`` (a ``git worktree`` of an earlier commit, with the native ``.so`` files copied
+in), so a change is measured before and after on the same link in the same run.
+
+Every client talks to the registry through a counting TCP proxy in this process (127.0.0.1, own
+port, one thread per direction per connection; on the shaped link it forwards to the delay
+proxy): ``sent`` is every byte the client sent (HTTP request lines, headers and bodies),
+``received`` every byte it got back, ``conns`` the TCP connections. The registry's storage growth
+(apparent size of the files under ``docker/registry/v2/blobs``) is reported as well: what the
+registry kept. Requests per HTTP method come from the registry's access log.
 
 Before every timed push the page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``,
 root only; otherwise, or with ``--warm``, the image's blobs are read once so every push starts
@@ -45,10 +60,11 @@ other engineers' tests on a shared machine), i.e. machine busy time minus client
 proxy.
 
 Throughput (MB/s) is the images' own bytes (compressed layers + config + manifest as stored in
-the OCI layout, each image counted whole) per wall second, the same numerator for both tools, so
+the OCI layout, each image counted whole) per wall second, the same numerator for every tool, so
 the MB/s ratio equals the time ratio. MB = 10**6 bytes. Prints a table per run and PASS/MISS for
 each target; writes ``OUT/bench_registry.json``. Exit code 1 when a push failed, 2 without the
-corpus or the tools; a missed target is not an error (this is a benchmark, not a test).
+corpus, the tools or (unless ``--no-shape``) a shaped link; a missed target is not an error (this
+is a benchmark, not a test).
 """
 
 from __future__ import annotations
@@ -60,6 +76,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -652,7 +669,25 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"waited {result['waited_s']:.0f} s in all for other processes to go quiet")
     for i, run in enumerate(result["runs"], 1):
         lines += ["", render_run(run, i)]
+    if len(result["runs"]) > 1:
+        lines += ["", *render_medians(result["runs"])]
     return "\n".join(lines)
+
+
+def render_medians(runs: list[dict[str, Any]]) -> list[str]:
+    """Median seconds per tool and push over the runs, and the speed ratios of the medians."""
+    rows: dict[tuple[str, str, str], list[float]] = {}
+    for run in runs:
+        for p in run["pushes"]:
+            if p["ok"] and p["image"] != "(init)":
+                rows.setdefault((p["tool"], p["phase"], p["image"]), []).append(p["seconds"])
+    med = {key: statistics.median(v) for key, v in rows.items()}
+    lines = [f"medians over {len(runs)} runs (seconds; speed = skopeo s / tool s):"]
+    for (tool, phase, image), seconds in med.items():
+        peer = med.get((SKOPEO, phase, image))
+        ratio = f"  speed {peer / seconds:.2f}x" if peer and tool != SKOPEO else ""
+        lines.append(f"  {tool:<11} {phase:<8} {image:<26} {seconds:7.2f}{ratio}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- main
