@@ -8,8 +8,8 @@ Environment: ``CHUNKSTORE_REPO`` (repository when ``--repo`` is absent), ``CHUNK
 ``CHUNKSTORE_CACHE`` (cache directory), ``XDG_DATA_HOME``/``XDG_CACHE_HOME`` for the defaults.
 
 Modules: :mod:`.context` (shared state and helpers), :mod:`.repo_commands` (records, keys,
-maintenance), :mod:`.image_commands` (container images), :mod:`.mount_command` and
-:mod:`.analyze_command`. The commands are registered on :func:`main` below.
+maintenance), :mod:`.image_commands` (container images), :mod:`.mount_command`,
+:mod:`.analyze_command` and :mod:`.serve_command`. The commands are registered on :func:`main` below.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from chunkstore.cli.repo_commands import (
     stats,
     unlock,
 )
+from chunkstore.cli.serve_command import serve_cmd
 from chunkstore.errors import EXIT_CODES, ChunkstoreError, exit_code_for
 
 __all__ = ["main"]
@@ -104,5 +105,6 @@ for _command in (
     backup, restore, tags_cmd, ls_image, cat_cmd, diff_cmd, image_stats_cmd,
     mount_cmd,
     analyze_cmd,
+    serve_cmd,
 ):  # fmt: skip
     main.add_command(_command)

@@ -56,7 +56,7 @@ from index.ids import Digest, sha256
 from index.image import ImageBody, ImageEntry
 from index.image import LayerEntry as LayerRecord
 
-__all__ = ["RestoreResult", "restore_image"]
+__all__ = ["RestoreResult", "layer_blob", "restore_image"]
 
 
 @dataclass(slots=True)
@@ -324,7 +324,7 @@ def _spool_layer(
     try:
         h = hashlib.sha256()
         size = 0
-        for piece in _layer_blob(repo, layer, gzip_level):
+        for piece in layer_blob(repo, layer, gzip_level):
             h.update(piece)
             size += len(piece)
             spool.write(piece)
@@ -341,8 +341,15 @@ def _spool_layer(
         raise
 
 
-def _layer_blob(repo: Repository, layer: LayerRecord, gzip_level: int) -> Iterator[bytes]:
-    """The compressed blob of ``layer``: kept bytes, reproduced, or recompressed by default."""
+def layer_blob(
+    repo: Repository, layer: LayerRecord, gzip_level: int = DEFAULT_GZIP_LEVEL
+) -> Iterator[bytes]:
+    """The compressed blob of ``layer``: kept bytes, reproduced, or recompressed by default.
+
+    Kept chunks are verified one by one and a rebuilt tar against its diff_id (after its last
+    byte); the blob as a whole is not hashed here: the caller checks it against ``layer.digest``
+    (a restore before publishing it, ``chunkstore serve`` before sending its last byte).
+    """
     if layer.original is not None:
         return iter_stream(repo, layer.original)
     compression = cast(Compression, layer.compression)
