@@ -55,9 +55,17 @@ _MAX_PAGE = 10_000
 class _Error(Exception):
     """An error response in the distribution spec's format."""
 
-    def __init__(self, status: int, code: str, message: str, detail: object = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: object = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.detail = status, code, message, detail
+        self.headers = headers
 
 
 class RegistryApp:
@@ -84,7 +92,8 @@ class RegistryApp:
             body = json.dumps(
                 {"errors": [{"code": err.code, "message": err.message, "detail": err.detail}]}
             ).encode()
-            await _respond(send, err.status, [("content-type", "application/json")], body, head)
+            headers = [("content-type", "application/json"), *err.headers]
+            await _respond(send, err.status, headers, body, head)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, head: bool) -> None:
         path: str = scope["path"]
@@ -176,6 +185,7 @@ class RegistryApp:
                 "RANGE_INVALID",
                 f"the range asks for nothing inside the blob's {blob.size} bytes",
                 {"size": blob.size},
+                (("content-range", f"bytes */{blob.size}"),),
             ) from None
         headers = [
             ("content-type", "application/octet-stream"),

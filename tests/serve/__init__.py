@@ -1,0 +1,1 @@
+"""Tests of ``chunkstore serve`` (the distribution API's pull side)."""
