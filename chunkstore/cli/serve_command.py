@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from chunkstore.cli.context import Ctx, pass_ctx
+from chunkstore.cli.context import Ctx, parse_size, pass_ctx
 from chunkstore.errors import UsageError
 
 __all__ = ["serve_cmd"]
@@ -30,12 +31,32 @@ __all__ = ["serve_cmd"]
     show_default=True,
     help="One line per request on stderr.",
 )
+@click.option(
+    "--cache-dir",
+    "blob_cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where rebuilt layers are kept for repeated pulls [default: CACHE/serve-layers].",
+)
+@click.option(
+    "--cache-size",
+    default="2G",
+    show_default=True,
+    help="Bound of the rebuilt-layer cache (0: no cache).",
+)
 @pass_ctx
-def serve_cmd(c: Ctx, listen: str, insecure_http: bool, access_log: bool) -> None:
+def serve_cmd(
+    c: Ctx,
+    listen: str,
+    insecure_http: bool,
+    access_log: bool,
+    blob_cache: Path | None,
+    cache_size: str,
+) -> None:
     """Serve the repository's images over the OCI distribution API (pull only).
 
     A record NAME:TAG is pulled as HOST:PORT/NAME:TAG, a record NAME as HOST:PORT/NAME:latest,
-    with its original manifest digest (layers are rebuilt exactly as they are sent). Runs until
+    with its original manifest digest (layers are rebuilt exactly as they are sent, and kept in
+    a bounded cache for the next pull, verified again when read). Runs until
     SIGINT/SIGTERM; a line on stdout says when requests are taken.
     """
     from chunkstore.serve.run import ServeConfig, is_loopback, parse_listen, serve
@@ -46,7 +67,13 @@ def serve_cmd(c: Ctx, listen: str, insecure_http: bool, access_log: bool) -> Non
             f"--listen {listen}: plain HTTP is served on loopback only; add --insecure-http to "
             "serve it on other addresses (anyone reaching the port can pull every image)"
         )
-    config = ServeConfig(host=host, port=port, access_log=access_log)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        access_log=access_log,
+        cache_dir=blob_cache or c.cache_dir / "serve-layers",
+        cache_bytes=parse_size(cache_size),
+    )
 
     def ready(url: str) -> None:
         c.emit({"ready": True, "url": url}, f"serving {c.location} at {url} (ready)")

@@ -32,6 +32,7 @@ from chunkstore.errors import LockConflict
 from chunkstore.lock import acquire_lock
 from chunkstore.repository import Repository
 from chunkstore.serve.blobs import RangeNotSatisfiable, layer_pieces, parse_range
+from chunkstore.serve.cache import LayerCache
 from chunkstore.serve.catalog import Blob, Catalog, CatalogSource, Manifest, ServedRepository
 from chunkstore.serve.names import is_valid_name, is_valid_tag
 from index.image import LayerEntry
@@ -71,10 +72,19 @@ class _Error(Exception):
 class RegistryApp:
     """ASGI application serving ``catalog``'s images from ``repo`` (read-only)."""
 
-    def __init__(self, repo: Repository, catalog: CatalogSource, *, lock_wait_s: float = 5.0):
-        """``lock_wait_s``: how long a layer request waits for a prune's exclusive lock."""
+    def __init__(
+        self,
+        repo: Repository,
+        catalog: CatalogSource,
+        *,
+        cache: LayerCache | None = None,
+        lock_wait_s: float = 5.0,
+    ):
+        """``cache``: rebuilt layers kept on disk; ``lock_wait_s``: how long a layer request
+        waits for a prune's exclusive lock."""
         self._repo = repo
         self._catalog = catalog
+        self._cache = cache
         self._lock_wait_s = lock_wait_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,7 +223,12 @@ class RegistryApp:
             raise _Error(503, "UNAVAILABLE", f"the repository is locked: {exc}") from None
         try:
             await _start(send, status, headers, length)
-            await _pump(lambda: layer_pieces(self._repo, layer, want), receive, send, layer.digest)
+            await _pump(
+                lambda: layer_pieces(self._repo, layer, want, self._cache),
+                receive,
+                send,
+                layer.digest,
+            )
         finally:
             await asyncio.to_thread(lock.release)
 

@@ -8,20 +8,28 @@ is sent is held back until the blob's size and digest are known to be right: a m
 the connection and the client never holds a complete wrong blob. A range that ends before the
 blob does is made the same way: the rest of the blob is still made and hashed before the range's
 last piece goes out (compressed streams cannot be entered in the middle).
+
+With a :class:`~chunkstore.serve.cache.LayerCache`, every blob made whole (for a full response
+or a range) is kept once verified, and later requests read it from disk, hashed again as they
+are sent under the same rule.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from chunkstore.errors import IntegrityError
 from chunkstore.images.restore import layer_blob
 from chunkstore.repository import Repository
+from chunkstore.serve.cache import LayerCache, Spool
 from index.image import LayerEntry
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "layer_pieces", "parse_range"]
+
+_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +80,58 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, end)
 
 
-def layer_pieces(repo: Repository, layer: LayerEntry, want: ByteRange | None) -> Iterator[bytes]:
+def layer_pieces(
+    repo: Repository,
+    layer: LayerEntry,
+    want: ByteRange | None,
+    cache: LayerCache | None = None,
+) -> Iterator[bytes]:
     """Bytes of ``layer``'s blob (all, or ``want``), the last piece only once the blob is verified.
 
-    Raises :class:`IntegrityError` (before that last piece) when the rebuilt blob does not have
-    the layer's size and digest.
+    With a ``cache``, a cached blob is read from disk (and hashed again); otherwise the rebuilt
+    blob is also written to the cache, and committed there once verified. Raises
+    :class:`IntegrityError` (before that last piece) when the blob does not have the layer's
+    size and digest; a cached blob that does not is deleted first.
     """
+    cached = cache.open(layer.digest, layer.size) if cache is not None else None
+    if cached is not None:
+        with cached:
+            try:
+                yield from _verified(_read_pieces(cached), layer, want, None, "cached")
+            except IntegrityError:
+                assert cache is not None
+                cache.drop(layer.digest)
+                raise
+        return
+    spool = cache.spool(layer.digest, layer.size) if cache is not None else None
+    try:
+        yield from _verified(layer_blob(repo, layer), layer, want, spool, "rebuilt")
+    finally:
+        if spool is not None:
+            spool.discard()  # nothing when it was committed
+
+
+def _read_pieces(f: IO[bytes]) -> Iterator[bytes]:
+    while piece := f.read(_PIECE_BYTES):
+        yield piece
+
+
+def _verified(
+    pieces: Iterable[bytes],
+    layer: LayerEntry,
+    want: ByteRange | None,
+    spool: Spool | None,
+    how: str,
+) -> Iterator[bytes]:
     start, end = (0, layer.size) if want is None else (want.start, want.end)
     algorithm, _, _ = layer.digest.partition(":")
     h = hashlib.new(algorithm)  # the record holds a parsed OCI digest: sha256 or sha512
     offset = 0
     held: bytes | None = None
-    for piece in layer_blob(repo, layer):
+    for piece in pieces:
         h.update(piece)
+        if spool is not None:
+            spool.write(piece)
         lo, hi = offset, offset + len(piece)
         offset = hi
         if hi <= start or lo >= end:
@@ -96,9 +143,11 @@ def layer_pieces(repo: Repository, layer: LayerEntry, want: ByteRange | None) ->
     digest = f"{algorithm}:{h.hexdigest()}"
     if offset != layer.size or digest != layer.digest:
         raise IntegrityError(
-            f"layer {layer.digest} was rebuilt as {offset} bytes hashing to {digest} (the "
+            f"layer {layer.digest} was {how} as {offset} bytes hashing to {digest} (the "
             f"manifest says {layer.size} bytes); nothing more is sent: run 'chunkstore check "
             "--read-data'"
         )
+    if spool is not None:
+        spool.commit()
     if held is not None:
         yield held

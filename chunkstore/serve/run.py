@@ -21,12 +21,14 @@ import socket
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from chunkstore.errors import UsageError
 from chunkstore.repository import Repository
 from chunkstore.serve.app import RegistryApp
+from chunkstore.serve.cache import LayerCache
 from chunkstore.serve.catalog import CatalogSource
 
 __all__ = ["ServeConfig", "is_loopback", "parse_listen", "serve"]
@@ -46,6 +48,9 @@ class ServeConfig:
     graceful_timeout_s: float = 10.0
     #: Records are listed again when the catalog is older than this (new backups show up).
     catalog_max_age_s: float = 1.0
+    #: Where rebuilt layers are kept (None: nowhere), and the bound of their total size.
+    cache_dir: Path | None = None
+    cache_bytes: int = 2 << 30
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -118,7 +123,10 @@ def serve(
     """Serve ``repo``'s images until SIGINT/SIGTERM; ``on_ready(url)`` once requests are taken."""
     catalog = CatalogSource(repo, max_age_s=config.catalog_max_age_s)
     catalog.current()  # the records are read before the ready line (and errors raised here)
-    app = RegistryApp(repo, catalog)
+    cache = None
+    if config.cache_dir is not None and config.cache_bytes > 0:
+        cache = LayerCache(config.cache_dir, config.cache_bytes)
+    app = RegistryApp(repo, catalog, cache=cache)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -205,3 +205,26 @@ def test_a_layer_that_does_not_match_its_digest_is_never_finished(served: Served
                     sent += len(piece)
             expected = layer.size if want is None else want.end - want.start
             assert sent < expected
+
+
+def test_rebuilt_layers_are_cached_and_verified_on_every_hit(served: Served) -> None:
+    layer = _layer_digest(served, MINBASE)
+    blob = served.corpus_blob(layer).read_bytes()
+    entry = served.cache / "serve-layers" / "sha256" / layer.removeprefix("sha256:")
+    path = f"/v2/debian/blobs/{layer}"
+    with httpx.Client(base_url=served.url, timeout=120) as client:
+        assert client.get(path).content == blob
+        assert entry.read_bytes() == blob  # kept once verified
+        assert client.get(path, headers={"Range": "bytes=10-19"}).content == blob[10:20]
+        # A damaged entry (same size, one byte flipped) is never sent whole: the response is
+        # cut short, the entry deleted, and the next request rebuilds the layer.
+        damaged = bytearray(blob)
+        damaged[len(blob) // 3] ^= 0xFF
+        entry.write_bytes(bytes(damaged))
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(path)
+        assert not entry.exists()
+    with httpx.Client(base_url=served.url, timeout=120) as client:
+        again = client.get(path)
+        assert again.status_code == 200
+        assert again.content == blob
