@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from chunkstore import api
 from chunkstore.images.backup import backup_image
 from tests.corpus import MINBASE, MINBASE_REBUILT, require_corpus
 
-__all__ = ["Served", "served"]
+__all__ = ["Served", "running_server", "served"]
 
 #: Record names: one NAME:TAG, one NAME alone (served as NAME:latest).
 MINBASE_RECORD = "debian:bookworm-minbase"
@@ -54,25 +55,20 @@ class Served:
         return self.corpus / "blobs" / algorithm / hex_
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """``chunkstore serve`` over the two corpus images (see the module docstring)."""
-    corpus = require_corpus(MINBASE, MINBASE_REBUILT)
-    root = tmp_path_factory.mktemp("serve")
-    repo_path, cache = root / "repo", root / "cache"
-    with api.init_repository(repo_path, cache_dir=cache) as repo:
-        backup_image(repo, f"oci:{corpus}:{MINBASE}", MINBASE_RECORD)
-        backup_image(repo, f"oci:{corpus}:{MINBASE_REBUILT}", REBUILT_RECORD)
+@contextmanager
+def running_server(repo_path: Path, cache: Path, log_path: Path) -> Iterator[str]:
+    """``chunkstore serve`` over ``repo_path`` on a free port: yields HOST:PORT once it is
+    ready; stops it with SIGTERM at the end and checks it shut down cleanly (exit 0)."""
     env = {**os.environ, "CHUNKSTORE_REPO": str(repo_path), "CHUNKSTORE_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "chunkstore", "serve", "--listen", "127.0.0.1:0"]
-    log = (root / "serve.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()  # the ready line, or "" if the server died
         m = re.search(r"http://(127\.0\.0\.1:\d+)", line)
-        assert m is not None, f"no ready line: {line!r}; log: {(root / 'serve.log').read_text()}"
-        yield Served(m[0], m[1], corpus, repo_path, cache)
+        assert m is not None, f"no ready line: {line!r}; log: {log_path.read_text()}"
+        yield m[1]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -84,4 +80,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             log.close()
             if proc.stdout is not None:
                 proc.stdout.close()
-    assert code == 0, (root / "serve.log").read_text()
+    assert code == 0, log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``chunkstore serve`` over the two corpus images (see the module docstring)."""
+    corpus = require_corpus(MINBASE, MINBASE_REBUILT)
+    root = tmp_path_factory.mktemp("serve")
+    repo_path, cache = root / "repo", root / "cache"
+    with api.init_repository(repo_path, cache_dir=cache) as repo:
+        backup_image(repo, f"oci:{corpus}:{MINBASE}", MINBASE_RECORD)
+        backup_image(repo, f"oci:{corpus}:{MINBASE_REBUILT}", REBUILT_RECORD)
+    with running_server(repo_path, cache, root / "serve.log") as host:
+        yield Served(f"http://{host}", host, corpus, repo_path, cache)
