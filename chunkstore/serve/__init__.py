@@ -12,8 +12,9 @@ whole in memory.
 
 Modules, top down: :mod:`.run` (uvicorn, the listening socket, the ready line, shutdown),
 :mod:`.app` (the ASGI application: routes, errors, streaming), :mod:`.blobs` (ranges, layer bytes
-verified), :mod:`.catalog` (repositories, tags, manifests and blobs from the image records) and
-:mod:`.names` (record names as NAME:TAG). It sits above :mod:`chunkstore.images` and
+verified), :mod:`.catalog` (repositories, tags, manifests and blobs from the image records),
+:mod:`.cache` (rebuilt layers kept on disk, bounded, verified on every hit) and :mod:`.names`
+(record names as NAME:TAG). It sits above :mod:`chunkstore.images` and
 :mod:`chunkstore.browse` and beside :mod:`chunkstore.mount` in the ``layers`` import contract
 (``pyproject.toml``); only the command line imports it, and only :mod:`.run` imports uvicorn.
 """
