@@ -56,9 +56,10 @@ class Served:
 
 
 @contextmanager
-def running_server(repo_path: Path, cache: Path, log_path: Path) -> Iterator[str]:
-    """``chunkstore serve`` over ``repo_path`` on a free port: yields HOST:PORT once it is
-    ready; stops it with SIGTERM at the end and checks it shut down cleanly (exit 0)."""
+def running_server(repo_path: Path | str, cache: Path, log_path: Path) -> Iterator[str]:
+    """``chunkstore serve`` over ``repo_path`` (or a ``registry:`` location) on a free port:
+    yields HOST:PORT once it is ready; stops it with SIGTERM at the end and checks it shut down
+    cleanly (exit 0)."""
     env = {**os.environ, "CHUNKSTORE_REPO": str(repo_path), "CHUNKSTORE_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "chunkstore", "serve", "--listen", "127.0.0.1:0"]
     log = log_path.open("wb")
