@@ -32,6 +32,7 @@ from chunkstore.errors import LockConflict
 from chunkstore.lock import acquire_lock
 from chunkstore.repository import Repository
 from chunkstore.serve.blobs import RangeNotSatisfiable, layer_pieces, parse_range
+from chunkstore.serve.builds import SharedBuilds
 from chunkstore.serve.cache import LayerCache
 from chunkstore.serve.catalog import Blob, Catalog, CatalogSource, Manifest, ServedRepository
 from chunkstore.serve.names import is_valid_name, is_valid_tag
@@ -80,11 +81,13 @@ class RegistryApp:
         cache: LayerCache | None = None,
         lock_wait_s: float = 5.0,
     ):
-        """``cache``: rebuilt layers kept on disk; ``lock_wait_s``: how long a layer request
-        waits for a prune's exclusive lock."""
+        """``cache``: rebuilt layers kept on disk (and concurrent requests for one layer share
+        one rebuild); ``lock_wait_s``: how long a layer request waits for a prune's exclusive
+        lock."""
         self._repo = repo
         self._catalog = catalog
         self._cache = cache
+        self._builds = SharedBuilds(repo, cache) if cache is not None else None
         self._lock_wait_s = lock_wait_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -224,7 +227,7 @@ class RegistryApp:
         try:
             await _start(send, status, headers, length)
             await _pump(
-                lambda: layer_pieces(self._repo, layer, want, self._cache),
+                lambda: layer_pieces(self._repo, layer, want, self._cache, self._builds),
                 receive,
                 send,
                 layer.digest,

@@ -11,11 +11,13 @@ last piece goes out (compressed streams cannot be entered in the middle).
 
 With a :class:`~chunkstore.serve.cache.LayerCache`, every blob made whole (for a full response
 or a range) is kept once verified, and later requests read it from disk, hashed again as they
-are sent under the same rule.
+are sent under the same rule; :class:`~chunkstore.serve.builds.SharedBuilds` makes concurrent
+requests for one layer share one rebuild.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import IO
 from chunkstore.errors import IntegrityError
 from chunkstore.images.restore import layer_blob
 from chunkstore.repository import Repository
+from chunkstore.serve.builds import SharedBuilds
 from chunkstore.serve.cache import LayerCache, Spool
 from index.image import LayerEntry
 
@@ -85,11 +88,14 @@ def layer_pieces(
     layer: LayerEntry,
     want: ByteRange | None,
     cache: LayerCache | None = None,
+    builds: SharedBuilds | None = None,
 ) -> Iterator[bytes]:
     """Bytes of ``layer``'s blob (all, or ``want``), the last piece only once the blob is verified.
 
-    With a ``cache``, a cached blob is read from disk (and hashed again); otherwise the rebuilt
-    blob is also written to the cache, and committed there once verified. Raises
+    With a ``cache``, a cached blob is read from disk (and hashed again); otherwise, with
+    ``builds`` (over the same cache), the blob comes from the one build of it that every request
+    shares, else it is rebuilt here (and, with a cache only, written to it and committed there
+    once verified). Raises
     :class:`IntegrityError` (before that last piece) when the blob does not have the layer's
     size and digest; a cached blob that does not is deleted first.
     """
@@ -103,7 +109,14 @@ def layer_pieces(
                 cache.drop(layer.digest)
                 raise
         return
-    spool = cache.spool(layer.digest, layer.size) if cache is not None else None
+    followed = builds.follow(layer) if builds is not None else None
+    if followed is not None:
+        with contextlib.closing(followed):
+            yield from _verified(followed, layer, want, None, "rebuilt")
+        return
+    spool = None
+    if cache is not None and builds is None:
+        spool = cache.spool(layer.digest, layer.size)
     try:
         yield from _verified(layer_blob(repo, layer), layer, want, spool, "rebuilt")
     finally:

@@ -42,10 +42,16 @@ class Spool:
         self._tmp = cache.directory / f"{_TMP}{secrets.token_hex(8)}"
         self._file: IO[bytes] | None = open(self._tmp, "xb")  # closed by commit/discard
 
+    @property
+    def path(self) -> Path:
+        """The temporary file (readers may follow it while it is written)."""
+        return self._tmp
+
     def write(self, piece: bytes) -> None:
-        """Append ``piece``."""
+        """Append ``piece`` (flushed to the file, so that a reader of :attr:`path` sees it)."""
         if self._file is not None:
             self._file.write(piece)
+            self._file.flush()
 
     def commit(self) -> None:
         """Publish the (verified) blob and keep the cache under its bound."""
