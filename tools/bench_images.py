@@ -583,10 +583,10 @@ def measure_analyze(
     cache.prepare(inputs)
     quiet.wait()
     log("floor: gzip -dc | sha256sum")
-    script = 'gzip -dc "$1" | sha256sum >/dev/null'
-    floor = run_measured(
-        ["xargs", "-P", cores, "-n", "1", "sh", "-c", script, "sh", *map(str, inputs)], env
-    )
+    # xargs reads the file names from its stdin (the measured command's stdin is /dev/null).
+    one = 'gzip -dc "$1" | sha256sum >/dev/null'
+    script = f'printf "%s\\0" "$@" | xargs -0 -P {cores} -n 1 sh -c \'{one}\' sh'
+    floor = run_measured(["sh", "-c", script, "sh", *map(str, inputs)], env)
     distinct = sum(la["tar_bytes"] for la in layers.values())
     return {
         "seconds": m.seconds,
