@@ -205,11 +205,12 @@ def test_damaged_layer_blob_records_nothing(tmp_path: Path) -> None:
     repo.close()
 
 
-def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
+def multi_platform_layout(root: Path) -> tuple[bytes, dict[str, str]]:
+    """A two-platform OCI layout tagged ``multi``: its index bytes, manifest digest per arch."""
     from chunkstore.registry.mediatypes import OCI_INDEX
 
-    writer = OCILayoutWriter(tmp_path / "src")
-    entries = []
+    writer = OCILayoutWriter(root)
+    entries, digests = [], {}
     for arch in ("amd64", "arm64"):
         tar = layer_tar({f"bin/{arch}": arch.encode() * 500})
         layer = writer.add_bytes(zlib_gzip(tar), LAYER_GZIP)
@@ -230,9 +231,17 @@ def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
             }
         ).encode()
         mdesc = writer.add_bytes(manifest, OCI_MANIFEST)
+        digests[arch] = str(mdesc.digest)
         entries.append({**mdesc.to_json(), "platform": {"architecture": arch, "os": "linux"}})
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     writer.add_manifest(index, OCI_INDEX, "multi")
+    return index, digests
+
+
+def test_multi_platform_index_is_kept_exact(tmp_path: Path) -> None:
+    from chunkstore.registry.mediatypes import OCI_INDEX
+
+    index, _ = multi_platform_layout(tmp_path / "src")
     repo = new_repo(tmp_path, on_disk=True)
     result = backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "multi")
     assert result.images == 2

@@ -4,7 +4,6 @@ be given back exactly (backed up with --accept-new-digests)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import zlib
 from collections.abc import Iterator
@@ -15,51 +14,19 @@ import pytest
 
 from chunkstore import api
 from chunkstore.images.backup import backup_image
-from chunkstore.images.oci_layout import OCILayoutWriter
-from chunkstore.registry.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from chunkstore.registry.mediatypes import OCI_INDEX
 from index.ids import sha256
-from tests.images.test_backup_restore import LAYER_GZIP, layer_tar, write_image, zlib_gzip
+from tests.images.test_backup_restore import layer_tar, multi_platform_layout, write_image
 from tests.producers import require
 from tests.serve.conftest import running_server
 
 pytestmark = pytest.mark.integration
 
 
-def _multi_platform(root: Path) -> tuple[bytes, dict[str, str]]:
-    """A two-platform OCI layout tagged ``multi``: its index bytes, manifest digest per arch."""
-    writer = OCILayoutWriter(root)
-    entries, digests = [], {}
-    for arch in ("amd64", "arm64"):
-        tar = layer_tar({f"bin/{arch}": arch.encode() * 500})
-        layer = writer.add_bytes(zlib_gzip(tar), LAYER_GZIP)
-        config = json.dumps(
-            {
-                "architecture": arch,
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [str(sha256(tar))]},
-            }
-        ).encode()
-        cdesc = writer.add_bytes(config, OCI_CONFIG)
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": cdesc.to_json(),
-                "layers": [layer.to_json()],
-            }
-        ).encode()
-        mdesc = writer.add_bytes(manifest, OCI_MANIFEST)
-        digests[arch] = str(mdesc.digest)
-        entries.append({**mdesc.to_json(), "platform": {"architecture": arch, "os": "linux"}})
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
-    writer.add_manifest(index, OCI_INDEX, "multi")
-    return index, digests
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes, dict[str, str]]]:
     root = tmp_path_factory.mktemp("serve-index")
-    index, digests = _multi_platform(root / "multi")
+    index, digests = multi_platform_layout(root / "multi")
     tar = layer_tar({"a": b"x" * 10_000})
     c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     # A full flush in the middle: no compressor family writes that, so nothing reproduces it.

@@ -11,10 +11,10 @@ import pytest
 from chunkstore import api
 from chunkstore.images.backup import backup_image
 from index.ids import sha256
+from tests.images.test_backup_restore import multi_platform_layout
 from tests.integration.registry_fixture import RunningRegistry, registry
 from tests.producers import require
 from tests.serve.conftest import running_server
-from tests.serve.test_index import _multi_platform
 
 __all__ = ["registry"]
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_pull_from_a_repository_in_a_registry(registry: RunningRegistry, tmp_path: Path) -> None:
-    index, _ = _multi_platform(tmp_path / "src")
+    index, _ = multi_platform_layout(tmp_path / "src")
     location = f"registry:{registry.host}/serve-repo"
     with api.init_repository(location, cache_dir=tmp_path / "cache") as repo:
         backup_image(repo, f"oci:{tmp_path / 'src'}:multi", "multi:v1")
