@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log, restic_summary
+from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log, restic_summary, workdir
 from benchlib.corpus import (
     DEFAULT_CORPUS,
     REBUILT_PAIRS,
@@ -975,13 +975,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-images-", dir=out))
     tools: list[ToolResult] = []
     failures: list[str] = []
     analyzed: dict[str, Any] | None = None
     cache = PageCache(force_warm=args.warm)
     quiet = Quiet(args.max_wait)
-    try:
+    with workdir(out, "bench-images-", args.keep) as work:
         for image in images:
             log(f"unpacking the root filesystem of {image.ref}")
             unpack_rootfs(corpus, image, work / "rootfs" / image.ref)
@@ -1017,11 +1016,6 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:
                 log(f"analyze FAILED: {exc}")
                 failures.append(f"analyze: {exc}")
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -38,14 +38,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log
+from benchlib.common import MB, ROOT, base_env, chunkstore_binary, log, workdir
 from benchlib.corpus import DEFAULT_CORPUS, has_corpus, read_corpus
 from benchlib.measure import Measured, PageCache, Quiet, disk_usage, run_checked, run_measured
 from benchlib.report import (
@@ -338,51 +337,46 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=out))
     pages = PageCache(force_warm=not args.cold)
     quiet = Quiet(args.max_wait)
     points: list[Point] = []
     failures: list[str] = []
-    try:
-        base = load_base(corpus, args.base)
-        layout = work / "oci"
-        t0 = time.perf_counter()
-        make_variants(base, layout, range(sizes[-1]), changed=args.changed, unique=args.unique)
-        log(f"{sizes[-1]} variants of {args.base} written in {time.perf_counter() - t0:.1f} s")
-        bench = Bench(work, corpus, args.probe, pages, quiet)
-        api.init_repository(bench.repo, cache_dir=bench.cache).close()
-        have = 0
-        for n in [0, *sizes]:
-            point = Point(images=n)
-            if n > have:
-                t0 = time.perf_counter()
-                refs = [variant_ref(i) for i in range(have, n)]
-                fill_repository(bench.repo, bench.cache, layout, refs)
-                point.fill_s = time.perf_counter() - t0
-                log(f"{n} images in the repository ({point.fill_s:.1f} s to add {len(refs)})")
-                have = n
-            _shape(bench.repo, bench.cache, point)
-            snap = work / f"at-{n}"
-            snap.mkdir()
-            point.repo, point.cache = str(snap / "repo"), str(snap / "cache")
-            run_checked(["cp", "-al", str(bench.repo), point.repo])
-            run_checked(["cp", "-a", str(bench.cache), point.cache])
-            points.append(point)
-        # Rounds over every size, so that a busy moment of the machine hits all sizes alike.
-        for k in range(args.repeat):
-            for point in points:
-                log(f"round {k + 1}/{args.repeat}, {point.images} images")
-                bench.backup(point, k)
-                if point.images > 0:
-                    bench.reads(point)
-    except RuntimeError as exc:
-        failures.append(str(exc))
-        log(f"FAILED: {exc}")
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with workdir(out, "bench-scale-", args.keep) as work:
+        try:
+            base = load_base(corpus, args.base)
+            layout = work / "oci"
+            t0 = time.perf_counter()
+            make_variants(base, layout, range(sizes[-1]), changed=args.changed, unique=args.unique)
+            log(f"{sizes[-1]} variants of {args.base} written in {time.perf_counter() - t0:.1f} s")
+            bench = Bench(work, corpus, args.probe, pages, quiet)
+            api.init_repository(bench.repo, cache_dir=bench.cache).close()
+            have = 0
+            for n in [0, *sizes]:
+                point = Point(images=n)
+                if n > have:
+                    t0 = time.perf_counter()
+                    refs = [variant_ref(i) for i in range(have, n)]
+                    fill_repository(bench.repo, bench.cache, layout, refs)
+                    point.fill_s = time.perf_counter() - t0
+                    log(f"{n} images in the repository ({point.fill_s:.1f} s to add {len(refs)})")
+                    have = n
+                _shape(bench.repo, bench.cache, point)
+                snap = work / f"at-{n}"
+                snap.mkdir()
+                point.repo, point.cache = str(snap / "repo"), str(snap / "cache")
+                run_checked(["cp", "-al", str(bench.repo), point.repo])
+                run_checked(["cp", "-a", str(bench.cache), point.cache])
+                points.append(point)
+            # Rounds over every size, so that a busy moment of the machine hits all sizes alike.
+            for k in range(args.repeat):
+                for point in points:
+                    log(f"round {k + 1}/{args.repeat}, {point.images} images")
+                    bench.backup(point, k)
+                    if point.images > 0:
+                        bench.reads(point)
+        except RuntimeError as exc:
+            failures.append(str(exc))
+            log(f"FAILED: {exc}")
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_revision(),
